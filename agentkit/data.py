@@ -1,0 +1,171 @@
+"""Data hygiene: one split function, one comparison per field type.
+
+Every benchmark, eval and tuning run splits with :func:`split_of`, so an item scored
+never appears among the examples retrieved for its own prompt, and exact duplicates
+(after normalization) always land in the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+_WS = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, whitespace collapsed, case-folded: the key for duplicates and text comparison."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def split_of(text: str, *, seed: int = 0, test_fraction: float = 0.3) -> str:
+    """``"test"`` or ``"train"`` for ``text``, from a seeded hash of its normalized form."""
+    digest = hashlib.sha256(f"{seed}:{normalize_text(text)}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test_fraction else "train"
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+
+
+def split_records(
+    records: Iterable[Mapping[str, Any]], *, seed: int = 0, test_fraction: float = 0.3, key: str = "input"
+) -> Split:
+    """Split records by :func:`split_of` of ``record[key]`` (non-string inputs are JSON-dumped)."""
+    train: list[dict[str, Any]] = []
+    test: list[dict[str, Any]] = []
+    for r in records:
+        value = r[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        (test if split_of(text, seed=seed, test_fraction=test_fraction) == "test" else train).append(dict(r))
+    return Split(train=train, test=test)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file; a malformed line raises ValueError naming the line."""
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+
+
+# ---- comparisons -------------------------------------------------------------------
+
+_MONTHS = {
+    m: i
+    for i, names in enumerate(
+        [
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
+        ],
+        1,
+    )
+    for m in names
+}
+_NUMERIC_DATE = re.compile(r"(\d{1,4})\s*[/.\-]\s*(\d{1,2})\s*[/.\-]\s*(\d{2,4})")
+_NAMED_DATE = re.compile(r"(\d{1,2})(?:st|nd|rd|th)?[\s\-/.,]*([a-z]{3,9})\.?[\s\-/.,]*(\d{2,4})", re.I)
+_NAMED_DATE_US = re.compile(r"([a-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})", re.I)
+
+
+def _year(y: str) -> int:
+    n = int(y)
+    return n + 2000 if n < 100 else n
+
+
+def _safe_date(y: int, m: int, d: int) -> date | None:
+    try:
+        return date(y, m, d)
+    except ValueError:
+        return None
+
+
+def parse_date(text: str) -> date | None:
+    """Parse a date as printed on documents, day first (``25/12/2018``, ``25 MAR 2018``, ISO)."""
+    s = text.strip()
+    m = _NUMERIC_DATE.search(s)
+    if m:
+        a, b, c = m.groups()
+        if len(a) == 4:  # ISO-like: year first
+            return _safe_date(int(a), int(b), int(c))
+        return _safe_date(_year(c), int(b), int(a)) or _safe_date(_year(c), int(a), int(b))
+    m = _NAMED_DATE.search(s)
+    if m and m.group(2).lower() in _MONTHS:
+        return _safe_date(_year(m.group(3)), _MONTHS[m.group(2).lower()], int(m.group(1)))
+    m = _NAMED_DATE_US.search(s)
+    if m and m.group(1).lower() in _MONTHS:
+        return _safe_date(int(m.group(3)), _MONTHS[m.group(1).lower()], int(m.group(2)))
+    return None
+
+
+_AMOUNT = re.compile(r"-?\d[\d,.\s]*")
+
+
+def parse_amount(text: str | int | float | Decimal) -> Decimal | None:
+    """An amount as Decimal: currency symbols and thousands separators dropped (``RM 1,234.50``)."""
+    if isinstance(text, (int, Decimal)):
+        return Decimal(text)
+    if isinstance(text, float):
+        return Decimal(str(text))
+    m = _AMOUNT.search(text.replace("\u00a0", " "))
+    if not m:
+        return None
+    s = m.group(0).replace(" ", "").rstrip(".,")
+    if "," in s and "." in s:  # the later one is the decimal mark
+        s = s.replace(".", "").replace(",", ".") if s.rfind(",") > s.rfind(".") else s.replace(",", "")
+    elif "," in s:
+        head, _, tail = s.rpartition(",")
+        s = f"{head.replace(',', '')}.{tail}" if len(tail) in (1, 2) else s.replace(",", "")
+    try:
+        return Decimal(s)
+    except InvalidOperation:
+        return None
+
+
+def values_match(kind: str, predicted: Any, gold: Any) -> bool:
+    """Normalized match for a field of ``kind``: ``"date"``, ``"amount"`` or ``"text"``."""
+    if predicted is None or gold is None:
+        return predicted is None and gold is None
+    if kind == "date":
+        p, g = parse_date(str(predicted)), parse_date(str(gold))
+        return p is not None and p == g
+    if kind == "amount":
+        pa, ga = parse_amount(predicted), parse_amount(gold)
+        return pa is not None and pa == ga
+    return normalize_text(str(predicted)) == normalize_text(str(gold))
+
+
+def compare_fields(predicted: Mapping[str, Any] | None, gold: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, dict[str, bool]]:
+    """Per field: ``{"exact": ..., "normalized": ...}``; fields not in ``kinds`` compare as text."""
+    predicted = predicted or {}
+    out: dict[str, dict[str, bool]] = {}
+    for field, g in gold.items():
+        p = predicted.get(field)
+        out[field] = {
+            "exact": p is not None and str(p) == str(g),
+            "normalized": values_match(kinds.get(field, "text"), p, g),
+        }
+    return out

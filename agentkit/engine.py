@@ -1,0 +1,97 @@
+"""The engine interface every backend implements, and the values that cross it.
+
+Tasks speak in chat messages and constraints; an engine turns them into tokens, keeps
+what it can cached, and reports usage and probabilities. Backends import their SDK lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Message = dict[str, str]
+"""``{"role": "system" | "user" | "assistant", "content": str}``"""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must match. Hashable, so an engine compiles each one once."""
+
+    kind: Literal["json", "choice", "regex", "text"]
+    spec: str = ""
+    """JSON Schema text for ``json``, the regex for ``regex``, a JSON list for ``choice``."""
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any]) -> Constraint:
+        import json
+
+        return cls("json", json.dumps(schema, sort_keys=True))
+
+    @classmethod
+    def choice(cls, options: list[str]) -> Constraint:
+        import json
+
+        return cls("choice", json.dumps(list(options)))
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        return cls("regex", pattern)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; tasks pick their method from this."""
+
+    constrained: bool = True
+    """Output can be grammar-constrained."""
+    token_probs: bool = True
+    """Chosen-token probabilities (under the constraint) are reported."""
+    scoring: bool = True
+    """Log-probability of given continuations can be computed (label scoring)."""
+    context: int = 4096
+    """Context window in tokens."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the cache (not recomputed)."""
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    token_probs: list[float] | None
+    """Per generated token: its probability renormalized over what the constraint allowed."""
+    tokens: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    """Character offset in ``text`` where each generated token starts."""
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Scores:
+    logprobs: list[float]
+    """Log-probability of each continuation being the whole reply, in the order given."""
+    usage: Usage = field(default_factory=Usage)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A model behind one lock. ``prefix`` = number of leading messages that are fixed for
+    a node (instructions, label list): engines that cache keep them warm across calls."""
+
+    name: str
+    capabilities: Capabilities
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(
+        self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
+    ) -> Generation: ...
+
+    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores: ...

@@ -1,0 +1,274 @@
+"""Node: a task bound to a ladder of tiers and a policy; usable as a LangGraph node.
+
+``node.run(text)`` walks the ladder: each tier answers once (transient engine errors are
+retried with tenacity); an answer that validates and clears the threshold is accepted,
+anything else escalates. Every attempt is recorded; a failure keeps the input and every
+reason. ``node(state)`` does the same inside any ``StateGraph``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agentkit.errors import AgentkitError, EngineError, InputError, TaskFailed
+from agentkit.policy import Policy
+from agentkit.result import Attempt, Result, Trace, publish
+from agentkit.task import Answer, Task
+from agentkit.tier import Tier
+
+DEFAULT_LADDER = ("embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b")
+
+InputSelector = str | Callable[[Any], Any]
+"""A state key, a dotted path (``"doc.text"``), or a callable ``state -> input``."""
+
+
+def select(state: Any, selector: InputSelector) -> Any:
+    """Read a node's input from a LangGraph state (dict, pydantic model or dataclass)."""
+    if callable(selector):
+        return selector(state)
+    value = state
+    for part in selector.split("."):
+        if isinstance(value, Mapping):
+            if part not in value:
+                raise InputError(f"state has no key {selector!r}")
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and part.lstrip("-").isdigit():
+            value = value[int(part)]
+        elif hasattr(value, part):
+            value = getattr(value, part)
+        else:
+            raise InputError(f"state has no key {selector!r}")
+    if hasattr(value, "content") and not isinstance(value, (str, bytes)):
+        value = value.content  # a LangChain message
+    return value
+
+
+class Node:
+    """A narrow task on a tier ladder. Build once, call many times; models load on first use."""
+
+    def __init__(
+        self,
+        task: Task,
+        tiers: Sequence[str | Tier] = DEFAULT_LADDER,
+        policy: Policy | None = None,
+        *,
+        name: str | None = None,
+        input: InputSelector = "input",
+        output: str | None = None,
+        meta: str | None = None,
+        trace: str | Path | Trace | None = None,
+    ) -> None:
+        """
+        Args:
+            task: what to do (Classify, Extract, Cleanse, GroundedAnswer, …).
+            tiers: the ladder, cheapest first; specs (``embedded:qwen2.5-0.5b``, ``gguf:PATH``) or Tiers.
+            policy: acceptance / retry / escalation rules.
+            name: node name in traces and graphs (default: the task kind).
+            input: where the input is in a graph state.
+            output: state key for the value (default: ``name``).
+            meta: optional state key for ``{ok, tier, confidence, reason, cost_usd}``.
+            trace: a JSONL path or Trace that receives every result.
+        """
+        if not tiers:
+            raise ValueError("a node needs at least one tier")
+        self.task = task
+        self.tiers = [Tier.parse(t) for t in tiers]
+        self.policy = policy or Policy()
+        self.name = name or task.kind
+        self.input = input
+        self.output = output or self.name
+        self.meta = meta
+        self.trace = trace if isinstance(trace, Trace) or trace is None else Trace(trace)
+
+    # ---- running -------------------------------------------------------------------
+
+    def config_hash(self) -> str:
+        blob = json.dumps(
+            {"task": self.task.settings(), "tiers": [t.spec for t in self.tiers], "policy": asdict(self.policy)},
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run(self, value: Any, *, input_id: str | None = None) -> Result:
+        """Answer one input. Returns a Result (``ok`` or a failure with every reason)."""
+        result = Result(node=self.name, ok=False, input_id=input_id, config_hash=self.config_hash())
+        try:
+            text = self.task.check_input(value)
+        except InputError as e:
+            result.input_text = value if isinstance(value, str) else repr(value)[:1000]
+            result.attempts.append(Attempt(tier="-", outcome="input_error", reason=str(e)))
+            result.reason = str(e)
+            return self._finish(result)
+        result.input_text = text
+        candidates: list[tuple[float, Attempt]] = []
+        for index, tier in enumerate(self.tiers):
+            attempt = self._attempt(tier, text)
+            result.attempts.append(attempt)
+            last = index == len(self.tiers) - 1
+            if attempt.outcome == "input_error" and not last:
+                continue  # a larger context may still fit
+            if attempt.outcome not in ("accepted", "low_confidence"):
+                continue
+            if attempt.confidence is None:
+                if last:
+                    return self._accept(result, attempt, "no_confidence")
+                attempt.outcome, attempt.reason = "low_confidence", "tier gives no confidence; not accepted before the last tier"
+                continue
+            if attempt.confidence >= self.policy.threshold:
+                return self._accept(result, attempt, "confident")
+            candidates.append((attempt.confidence, attempt))
+        if candidates and self.policy.when_unsure == "best":
+            best = max(candidates, key=lambda c: c[0])[1]
+            return self._accept(result, best, "below_threshold")
+        result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
+        return self._finish(result)
+
+    def _accept(self, result: Result, attempt: Attempt, how: str) -> Result:
+        result.ok = True
+        result.value = attempt.value
+        result.confidence = attempt.confidence
+        result.tier = attempt.tier
+        result.accepted = how  # type: ignore[assignment]
+        return self._finish(result)
+
+    def _finish(self, result: Result) -> Result:
+        if self.trace is not None:
+            self.trace.add(result)
+        publish(result)
+        if not result.ok and self.policy.on_failure == "raise":
+            raise TaskFailed(result)
+        return result
+
+    def _attempt(self, tier: Tier, text: str) -> Attempt:
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        assert tier.engine is not None
+        engine = tier.engine
+        started = time.perf_counter()
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, AgentkitError) and e.retryable),
+            stop=stop_after_attempt(self.policy.retries + 1),
+            wait=wait_random_exponential(multiplier=self.policy.retry_wait_s, max=8),
+            reraise=True,
+        )
+        details: dict[str, Any] = {}
+        try:
+            try:
+                answer: Answer = retrying(self.task.answer, engine, text)
+            except InputError as e:
+                if self.policy.too_long != "truncate" or "context" not in str(e):
+                    raise
+                text = self._truncate(engine, text)
+                details["truncated_to_chars"] = len(text)
+                answer = retrying(self.task.answer, engine, text)
+        except InputError as e:
+            return Attempt(tier=tier.name, outcome="input_error", reason=str(e), latency_s=time.perf_counter() - started)
+        except AgentkitError as e:
+            return Attempt(tier=tier.name, outcome="engine_error", reason=str(e), latency_s=time.perf_counter() - started)
+        u = answer.usage
+        attempt = Attempt(
+            tier=tier.name,
+            outcome="accepted",
+            raw=answer.raw,
+            value=answer.value,
+            confidence=answer.confidence,
+            confidence_method=answer.method,
+            prompt_tokens=u.prompt_tokens,
+            cached_tokens=u.cached_tokens,
+            completion_tokens=u.completion_tokens,
+            latency_s=time.perf_counter() - started,
+            cost_usd=tier.cost(u.seconds, u.prompt_tokens - u.cached_tokens, u.completion_tokens),
+            details={**answer.details, **details},
+        )
+        if answer.problems:
+            attempt.outcome, attempt.reason = "invalid", "; ".join(answer.problems)
+        elif answer.confidence is not None and answer.confidence < self.policy.threshold:
+            attempt.outcome = "low_confidence"
+            attempt.reason = f"confidence {answer.confidence:.3f} < threshold {self.policy.threshold}"
+        return attempt
+
+    @staticmethod
+    def _truncate(engine: Any, text: str) -> str:
+        """Cut ``text`` so that it fits the engine's context with room for the prompt and answer."""
+        budget = max(256, engine.capabilities.context // 2)
+        n = engine.count_tokens(text)
+        while n > budget and len(text) > 16:
+            text = text[: int(len(text) * budget / n * 0.95)]
+            n = engine.count_tokens(text)
+        return text
+
+    async def arun(self, value: Any, *, input_id: str | None = None) -> Result:
+        """Async :meth:`run` (the engine work runs in a worker thread)."""
+        return await asyncio.to_thread(self.run, value, input_id=input_id)
+
+    def batch(self, values: Sequence[Any]) -> list[Result]:
+        return [self.run(v) for v in values]
+
+    # ---- LangGraph -----------------------------------------------------------------
+
+    def _update(self, result: Result) -> dict[str, Any]:
+        update: dict[str, Any] = {self.output: result.value if result.ok else None}
+        if self.meta:
+            update[self.meta] = {
+                "ok": result.ok,
+                "tier": result.tier,
+                "confidence": result.confidence,
+                "reason": result.reason,
+                "cost_usd": result.cost_usd,
+            }
+        return update
+
+    def __call__(self, state: Any) -> dict[str, Any]:
+        """LangGraph node: read the input from ``state``, return a partial state update."""
+        try:
+            value = select(state, self.input)
+        except InputError as e:
+            value = e  # recorded as an input failure below
+        result = self.run(value) if not isinstance(value, InputError) else self._input_failure(value)
+        return self._update(result)
+
+    async def acall(self, state: Any) -> dict[str, Any]:
+        """Async LangGraph node (``graph.add_node("x", node.acall)``); the engine runs in a thread."""
+        return await asyncio.to_thread(self.__call__, state)
+
+    def _input_failure(self, error: InputError) -> Result:
+        result = Result(node=self.name, ok=False, config_hash=self.config_hash(), reason=str(error))
+        result.attempts.append(Attempt(tier="-", outcome="input_error", reason=str(error)))
+        return self._finish(result)
+
+    def route(self, mapping: Mapping[str, str] | None = None, *, default: str | None = None) -> Callable[[Any], str]:
+        """A function for ``add_conditional_edges``: the node's output value (a label), mapped
+        through ``mapping``; failures and unmapped labels go to ``default``."""
+
+        def router(state: Any) -> str:
+            value = select(state, self.output) if _has(state, self.output) else None
+            if value is None:
+                if default is None:
+                    raise InputError(f"node {self.name!r} produced no value to route on")
+                return default
+            key = str(value)
+            if mapping is None:
+                return key
+            if key in mapping:
+                return mapping[key]
+            if default is None:
+                raise InputError(f"no route for {key!r}")
+            return default
+
+        return router
+
+
+def _has(state: Any, key: str) -> bool:
+    try:
+        select(state, key)
+        return True
+    except InputError:
+        return False

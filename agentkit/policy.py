@@ -1,0 +1,32 @@
+"""Policy: when a node accepts an answer, retries a tier, escalates, or gives up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a node walks its tier ladder. Immutable; safe defaults."""
+
+    threshold: float = 0.8
+    """An answer that validates is accepted when its confidence is at least this."""
+    retries: int = 2
+    """Extra tries of the same tier after a transient (retryable) engine error."""
+    retry_wait_s: float = 0.5
+    """First back-off between retries (exponential, jittered, capped at 8 s)."""
+    when_unsure: Literal["best", "fail"] = "best"
+    """When no tier clears ``threshold``: ``"best"`` returns the most confident valid answer
+    (marked ``accepted="below_threshold"``), ``"fail"`` returns a failure result."""
+    on_failure: Literal["return", "raise"] = "return"
+    """``"return"``: a failure comes back as a :class:`~agentkit.result.Result` with ``ok=False``;
+    ``"raise"``: :class:`~agentkit.errors.TaskFailed` is raised (it carries the result)."""
+    too_long: Literal["fail", "truncate"] = "fail"
+    """Input longer than the tier's context: fail clearly, or truncate it (recorded in the trace)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")

@@ -1,0 +1,137 @@
+"""Result and Trace: what a node did with one input, every attempt accounted for."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Outcome = Literal["accepted", "low_confidence", "invalid", "engine_error", "input_error"]
+
+
+@dataclass
+class Attempt:
+    """One try of one tier."""
+
+    tier: str
+    outcome: Outcome
+    reason: str = ""
+    raw: str = ""
+    value: Any = None
+    confidence: float | None = None
+    confidence_method: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """The outcome of a node on one input. ``ok`` means ``value`` validated and was accepted."""
+
+    node: str
+    ok: bool
+    value: Any = None
+    confidence: float | None = None
+    tier: str | None = None
+    """The tier whose answer was accepted (None on failure)."""
+    accepted: Literal["confident", "below_threshold", "no_confidence", ""] = ""
+    reason: str = ""
+    """On failure: every attempt's reason, joined."""
+    attempts: list[Attempt] = field(default_factory=list)
+    input_id: str | None = None
+    input_text: str = ""
+    config_hash: str = ""
+
+    @property
+    def escalated(self) -> bool:
+        return len({a.tier for a in self.attempts}) > 1
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def latency_s(self) -> float:
+        return sum(a.latency_s for a in self.attempts)
+
+    @property
+    def tokens(self) -> int:
+        return sum(a.prompt_tokens + a.completion_tokens for a in self.attempts)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-able dict: the line written to a trace file."""
+        rec = asdict(self)
+        rec.update(escalated=self.escalated, cost_usd=self.cost_usd, latency_s=self.latency_s)
+        return rec
+
+
+class Trace:
+    """Collects results (thread-safe) and optionally appends each to a JSONL file."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.results: list[Result] = []
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+
+    def add(self, result: Result) -> None:
+        with self._lock:
+            self.results.append(result)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(result.to_record(), default=str, ensure_ascii=False) + "\n")
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, escalation rate, cost and latency over the collected results."""
+        rs = list(self.results)
+        n = len(rs)
+        lat = sorted(r.latency_s for r in rs)
+
+        def pct(q: float) -> float:
+            return lat[min(n - 1, int(q * n))] if n else 0.0
+
+        per_tier: dict[str, int] = {}
+        for r in rs:
+            if r.tier:
+                per_tier[r.tier] = per_tier.get(r.tier, 0) + 1
+        return {
+            "items": n,
+            "ok": sum(r.ok for r in rs),
+            "failed": sum(not r.ok for r in rs),
+            "escalation_rate": (sum(r.escalated for r in rs) / n) if n else 0.0,
+            "answered_by_tier": per_tier,
+            "cost_usd": sum(r.cost_usd for r in rs),
+            "cost_per_item_usd": (sum(r.cost_usd for r in rs) / n) if n else 0.0,
+            "latency_p50_s": pct(0.5),
+            "latency_p95_s": pct(0.95),
+        }
+
+
+_active: ContextVar[tuple[Trace, ...]] = ContextVar("agentkit_traces", default=())
+
+
+@contextmanager
+def collect(path: str | Path | None = None) -> Iterator[Trace]:
+    """Collect every result produced inside the block (any node, any thread LangGraph starts
+    from it) without adding keys to the host graph's state."""
+    trace = Trace(path)
+    token = _active.set((*_active.get(), trace))
+    try:
+        yield trace
+    finally:
+        _active.reset(token)
+
+
+def publish(result: Result) -> None:
+    """Hand ``result`` to every active :func:`collect` block."""
+    for trace in _active.get():
+        trace.add(result)

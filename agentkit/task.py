@@ -1,0 +1,67 @@
+"""Task: a narrow job (prompt + output type + validators) that one tier answers once.
+
+A task knows how to ask an engine and how to check the reply; the :class:`~agentkit.node.Node`
+decides what to do with the answer (accept, escalate, fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentkit.engine import Engine, Usage
+from agentkit.errors import InputError
+
+
+@dataclass
+class Answer:
+    """One engine's reply to one input, parsed and checked."""
+
+    value: Any
+    raw: str
+    confidence: float | None
+    method: str
+    """How confidence was computed (e.g. ``label-scoring``, ``token-probs:q10``)."""
+    usage: Usage
+    problems: list[str] = field(default_factory=list)
+    """Validation problems; empty means the value is valid."""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A narrow task. Subclasses implement :meth:`answer`; configuration is fixed at init."""
+
+    kind: str = "task"
+    max_input_chars: int = 200_000
+
+    def check_input(self, value: Any) -> str:
+        """The text to work on, or :class:`InputError` saying what is wrong with ``value``."""
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError("input is binary, not UTF-8 text") from None
+        if not isinstance(value, str):
+            raise InputError(f"input must be text, got {type(value).__name__}")
+        if "\x00" in value:
+            raise InputError("input contains NUL bytes (binary data?)")
+        if not value.strip():
+            raise InputError("input is empty")
+        if len(value) > self.max_input_chars:
+            raise InputError(f"input is {len(value)} characters, the limit is {self.max_input_chars}")
+        return value
+
+    @abstractmethod
+    def answer(self, engine: Engine, text: str) -> Answer:
+        """Ask ``engine`` once and check the reply."""
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this task's configuration (hashed into every trace)."""
+        return {"kind": self.kind}
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

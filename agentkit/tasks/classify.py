@@ -1,0 +1,140 @@
+"""Classify: pick one label, with a normalized distribution over labels as confidence."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agentkit.engine import Constraint, Engine, Message
+from agentkit.errors import ConfigError
+from agentkit.retrieval import ExampleIndex
+from agentkit.task import Answer, Task
+
+
+class Classify(Task):
+    """Choose one of ``labels`` for a text.
+
+    The answer is read from the model's probability of each label's *full* token sequence
+    (every label scored, then normalized), not from one greedy token. With ``examples``,
+    the ``k`` most similar labelled examples (BM25) are put in the prompt as chat turns;
+    with many labels and examples, only labels seen among the retrieved examples are scored
+    (``shortlist``), which is what makes 77-way classification fast.
+    """
+
+    kind = "classify"
+
+    def __init__(
+        self,
+        labels: Sequence[str] | Mapping[str, str],
+        *,
+        instructions: str = "Classify the text.",
+        examples: Sequence[Mapping[str, Any]] | None = None,
+        k: int = 8,
+        shortlist: int | None = 12,
+    ) -> None:
+        """
+        Args:
+            labels: the labels, or a mapping label → description.
+            instructions: what the classification is about (one or two sentences).
+            examples: labelled pool, records with ``input`` and ``expected``.
+            k: examples retrieved per input.
+            shortlist: when there are more labels than this and examples are given, score only
+                the labels of retrieved examples (at least 2 distinct). ``None``: always all.
+        """
+        if isinstance(labels, Mapping):
+            self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
+        else:
+            self.descriptions = {str(label): "" for label in labels}
+        self.labels = list(self.descriptions)
+        if len(self.labels) < 2:
+            raise ConfigError("Classify needs at least two labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError("labels must be unique")
+        self.instructions = instructions
+        self.k = k
+        self.shortlist = shortlist
+        self.index: ExampleIndex | None = None
+        if examples:
+            unknown = {str(e["expected"]) for e in examples} - set(self.labels)
+            if unknown:
+                raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
+            self.index = ExampleIndex(examples)
+        self._constraint = Constraint.choice(self.labels)
+
+    def system_prompt(self) -> str:
+        lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
+        for label, desc in self.descriptions.items():
+            lines.append(f"- {label}: {desc}" if desc else f"- {label}")
+        return "\n".join(lines)
+
+    def messages(self, text: str) -> tuple[list[Message], list[dict[str, Any]]]:
+        shots = self.index.search(text, self.k) if self.index is not None and self.k > 0 else []
+        msgs: list[Message] = [{"role": "system", "content": self.system_prompt()}]
+        for ex in reversed(shots):  # most similar closest to the question
+            msgs.append({"role": "user", "content": str(ex["input"])})
+            msgs.append({"role": "assistant", "content": str(ex["expected"])})
+        msgs.append({"role": "user", "content": text})
+        return msgs, shots
+
+    def candidates(self, shots: list[dict[str, Any]]) -> list[str]:
+        if self.shortlist is None or len(self.labels) <= self.shortlist or not shots:
+            return self.labels
+        seen: list[str] = []
+        for ex in shots:
+            label = str(ex["expected"])
+            if label not in seen:
+                seen.append(label)
+        if len(seen) < 2 and self.index is not None:
+            for ex in self.index.search(str(shots[0]["input"]), 4 * self.k):
+                label = str(ex["expected"])
+                if label not in seen:
+                    seen.append(label)
+                if len(seen) >= 2:
+                    break
+        return seen
+
+    def answer(self, engine: Engine, text: str) -> Answer:
+        msgs, shots = self.messages(text)
+        caps = engine.capabilities
+        if caps.scoring:
+            cands = self.candidates(shots)
+            scored = engine.score(msgs, cands, prefix=1)
+            top = max(scored.logprobs)
+            weights = [math.exp(lp - top) for lp in scored.logprobs]
+            total = sum(weights)
+            dist = {c: w / total for c, w in zip(cands, weights, strict=True)}
+            best = max(dist, key=dist.__getitem__)
+            method = "label-scoring" if len(cands) == len(self.labels) else f"label-scoring:shortlist{len(cands)}"
+            return Answer(
+                value=best,
+                raw=best,
+                confidence=dist[best],
+                method=method,
+                usage=scored.usage,
+                details={"distribution": dict(sorted(dist.items(), key=lambda kv: -kv[1])[:5])},
+            )
+        gen = engine.generate(msgs, self._constraint, max_tokens=32, prefix=1)
+        value = gen.text.strip()
+        problems = [] if value in self.descriptions else [f"{value!r} is not one of the labels"]
+        if gen.finish_reason == "length":
+            problems.append("output cut at the token limit")
+        conf = math.prod(gen.token_probs) if gen.token_probs else None
+        return Answer(
+            value=value,
+            raw=gen.text,
+            confidence=conf if caps.token_probs else None,
+            method="choice-token-probs" if caps.token_probs else "none",
+            usage=gen.usage,
+            problems=problems,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "labels": self.descriptions,
+            "instructions": self.instructions,
+            "k": self.k,
+            "shortlist": self.shortlist,
+            "examples": len(self.index) if self.index else 0,
+        }

@@ -1,0 +1,139 @@
+"""Extract: fill a pydantic schema from text, constrained to its JSON Schema, then validated."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from agentkit.engine import Constraint, Engine, Generation, Message
+from agentkit.retrieval import ExampleIndex
+from agentkit.task import Answer, Task
+
+Validator = Callable[[Any, str], "str | None"]
+"""``(value, source_text) -> problem or None``: a node-level rule, e.g. the total occurs in the text."""
+
+
+def field_spans(text: str) -> dict[str, tuple[int, int]]:
+    """Character span of each top-level field's value in a JSON object text."""
+    decoder = json.JSONDecoder()
+    spans: dict[str, tuple[int, int]] = {}
+    i = text.find("{") + 1
+    n = len(text)
+    while 0 < i < n:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] != '"':
+            break
+        key, i = decoder.raw_decode(text, i)
+        while i < n and text[i] in " \t\r\n:":
+            i += 1
+        try:
+            _, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            break
+        spans[str(key)] = (i, end)
+        i = end
+    return spans
+
+
+def field_confidence(gen: Generation, quantile: float = 0.1) -> dict[str, float]:
+    """Per field: a low quantile of its value tokens' probabilities (under the constraint)."""
+    if not gen.token_probs or not gen.offsets:
+        return {}
+    out: dict[str, float] = {}
+    for name, (start, end) in field_spans(gen.text).items():
+        probs = sorted(
+            p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if start <= off < end
+        )
+        if probs:
+            out[name] = probs[min(len(probs) - 1, int(quantile * len(probs)))]
+    return out
+
+
+class Extract(Task):
+    """Fill ``schema`` from a text: JSON constrained to the schema, parsed, validated by
+    pydantic and by ``validators``. Confidence is the lowest field's confidence."""
+
+    kind = "extract"
+
+    def __init__(
+        self,
+        schema: type[pydantic.BaseModel],
+        *,
+        instructions: str = "Extract the fields from the text.",
+        examples: Sequence[Mapping[str, Any]] | None = None,
+        k: int = 2,
+        validators: Sequence[Validator] = (),
+        max_tokens: int = 512,
+        quantile: float = 0.1,
+    ) -> None:
+        self.schema = schema
+        self.instructions = instructions
+        self.k = k
+        self.validators = list(validators)
+        self.max_tokens = max_tokens
+        self.quantile = quantile
+        self.index = ExampleIndex(examples) if examples else None
+        self._json_schema = schema.model_json_schema()
+        self._constraint = Constraint.json_schema(self._json_schema)
+
+    def system_prompt(self) -> str:
+        return (
+            f"{self.instructions.strip()}\n\nReply with one JSON object that matches this JSON Schema:\n"
+            f"{json.dumps(self._json_schema, ensure_ascii=False)}"
+        )
+
+    def messages(self, text: str) -> list[Message]:
+        msgs: list[Message] = [{"role": "system", "content": self.system_prompt()}]
+        shots = self.index.search(text, self.k) if self.index is not None and self.k > 0 else []
+        for ex in reversed(shots):
+            expected = ex["expected"]
+            msgs.append({"role": "user", "content": str(ex["input"])})
+            msgs.append({"role": "assistant", "content": json.dumps(expected, ensure_ascii=False)})
+        msgs.append({"role": "user", "content": text})
+        return msgs
+
+    def parse(self, raw: str, text: str) -> tuple[Any, list[str]]:
+        """Parse and validate ``raw``; returns the value (or None) and the problems found."""
+        try:
+            model = self.schema.model_validate_json(raw)
+        except pydantic.ValidationError as e:
+            errs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'output'}: {x['msg']}" for x in e.errors()[:5])
+            return None, [f"schema: {errs}"]
+        problems = [p for v in self.validators if (p := v(model, text))]
+        return model, problems
+
+    def answer(self, engine: Engine, text: str) -> Answer:
+        gen = engine.generate(self.messages(text), self._constraint, max_tokens=self.max_tokens, prefix=1)
+        problems: list[str] = []
+        if gen.finish_reason == "length":
+            problems.append(f"output cut at the token limit ({self.max_tokens})")
+        if "  " in gen.text or "\n\n" in gen.text:
+            problems.append("runaway whitespace in output")
+        model, parse_problems = self.parse(gen.text, text)
+        problems += parse_problems
+        fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
+        conf = min(fields.values()) if fields else (None if not engine.capabilities.token_probs else 0.0)
+        return Answer(
+            value=model.model_dump(mode="json") if model is not None else None,
+            raw=gen.text,
+            confidence=conf,
+            method=f"token-probs:q{int(self.quantile * 100)}" if engine.capabilities.token_probs else "none",
+            usage=gen.usage,
+            problems=problems,
+            details={"field_confidence": fields},
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "schema": self._json_schema,
+            "instructions": self.instructions,
+            "k": self.k,
+            "validators": [getattr(v, "__name__", repr(v)) for v in self.validators],
+            "max_tokens": self.max_tokens,
+            "examples": len(self.index) if self.index else 0,
+        }

@@ -1,0 +1,166 @@
+"""Escalation, retry and failure logic, driven by the shipped FakeEngine (a fake, named as such):
+these cases (a forced validation failure, an engine error) cannot be produced on demand by a real model."""
+
+from __future__ import annotations
+
+import json
+
+import pydantic
+import pytest
+
+from agentkit import Classify, Extract, InputError, Node, Policy, TaskFailed, Tier, Trace, collect
+from agentkit.errors import EngineError
+from agentkit.testing import FakeEngine, failing_engine
+
+
+class Receipt(pydantic.BaseModel):
+    company: str
+    total: str
+
+
+def fake_tier(name: str, engine: FakeEngine, usd_per_hour: float = 0.2) -> Tier:
+    return Tier(spec=f"fake:{name}", name=name, engine=engine, usd_per_hour=usd_per_hour)
+
+
+def total_in_text(value: Receipt, text: str) -> str | None:
+    return None if value.total in text else f"total {value.total} does not occur in the text"
+
+
+def test_invalid_output_escalates_to_next_tier_and_costs_sum():
+    small = FakeEngine(replies=['{"company": "ACME", "total": "99.00"}'])  # 99.00 is not in the text
+    large = FakeEngine(replies=['{"company": "ACME", "total": "12.50"}'])
+    node = Node(Extract(Receipt, validators=[total_in_text]), [fake_tier("small", small), fake_tier("large", large)])
+    result = node.run("ACME store\nTOTAL 12.50")
+    assert result.ok and result.tier == "large"
+    assert result.value == {"company": "ACME", "total": "12.50"}
+    assert [a.outcome for a in result.attempts] == ["invalid", "accepted"]
+    assert "does not occur" in result.attempts[0].reason
+    assert result.escalated
+    assert result.cost_usd == pytest.approx(sum(a.cost_usd for a in result.attempts))
+    assert result.attempts[0].cost_usd > 0  # local compute is never free
+
+
+def test_schema_violation_is_caught_even_if_constraint_was_ignored():
+    bad = FakeEngine(replies=['{"company": "ACME"}'])  # missing field: an unconstrained reply
+    node = Node(Extract(Receipt), [fake_tier("only", bad)])
+    result = node.run("ACME TOTAL 1.00")
+    assert not result.ok
+    assert "schema" in result.reason and "total" in result.reason
+    assert result.input_text == "ACME TOTAL 1.00"  # nothing is lost
+
+
+def test_truncated_output_is_a_validation_failure():
+    engine = FakeEngine(replies=['{"company": "A", "total": "1"}'])
+    node = Node(Extract(Receipt, max_tokens=2), [fake_tier("t", engine)])
+    result = node.run("A 1")
+    assert not result.ok and "token limit" in result.reason
+
+
+def test_low_confidence_escalates_then_best_is_returned_when_nobody_is_sure():
+    small = FakeEngine(replies=["spam"], confidence=0.55)
+    large = FakeEngine(replies=["ham"], confidence=0.7)
+    task = Classify(["ham", "spam"])
+    node = Node(task, [fake_tier("small", small), fake_tier("large", large)], Policy(threshold=0.9))
+    result = node.run("hello there")
+    assert result.ok and result.accepted == "below_threshold"
+    assert result.tier == "large" and result.value == "ham"
+    assert [a.outcome for a in result.attempts] == ["low_confidence", "low_confidence"]
+
+    strict = Node(task, [fake_tier("small", small)], Policy(threshold=0.9, when_unsure="fail"))
+    failed = strict.run("hello there")
+    assert not failed.ok and "confidence 0.550" in failed.reason
+
+
+def test_confident_small_tier_does_not_escalate():
+    small = FakeEngine(replies=["spam"], confidence=0.97)
+    large = FakeEngine(replies=["ham"])
+    node = Node(Classify(["ham", "spam"]), [fake_tier("small", small), fake_tier("large", large)])
+    result = node.run("WIN A PRIZE")
+    assert result.value == "spam" and result.tier == "small" and not result.escalated
+    assert large.calls == []
+
+
+def test_transient_engine_errors_are_retried_then_succeed():
+    engine = failing_engine(2, "ham")
+    node = Node(Classify(["ham", "spam"]), [fake_tier("t", engine)], Policy(retries=2, retry_wait_s=0.001))
+    result = node.run("hi")
+    assert result.ok and result.value == "ham"
+    assert len(engine.calls) == 3
+
+
+def test_every_tier_failing_returns_all_reasons_or_raises():
+    a = FakeEngine(replies=[EngineError("boom", retryable=False)])
+    b = FakeEngine(replies=[EngineError("bang", retryable=True)])
+    tiers = [fake_tier("a", a), fake_tier("b", b)]
+    node = Node(Classify(["x", "y"]), tiers, Policy(retries=1, retry_wait_s=0.001))
+    result = node.run("text")
+    assert not result.ok and "boom" in result.reason and "bang" in result.reason
+    assert len(b.calls) == 2  # retried once
+    raising = Node(Classify(["x", "y"]), tiers, Policy(retries=0, on_failure="raise"))
+    with pytest.raises(TaskFailed) as info:
+        raising.run("text")
+    assert info.value.result.input_text == "text"
+
+
+def test_no_confidence_is_accepted_only_at_the_last_tier():
+    from agentkit import Capabilities
+
+    blind = Capabilities(scoring=False, token_probs=False)
+    first = FakeEngine(replies=["x"], capabilities=blind)
+    last = FakeEngine(replies=["y"], capabilities=blind)
+    node = Node(Classify(["x", "y"]), [fake_tier("first", first), fake_tier("last", last)])
+    result = node.run("text")
+    assert result.tier == "last" and result.confidence is None and result.accepted == "no_confidence"
+    assert "no confidence" in result.attempts[0].reason
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "empty"), ("   \n\t", "empty"), (b"\xff\xfe\x00", "binary"), (12, "must be text"), ("a\x00b", "NUL")],
+)
+def test_bad_input_becomes_a_recorded_failure(value, message):
+    engine = FakeEngine(replies=["x"])
+    node = Node(Classify(["x", "y"]), [fake_tier("t", engine)])
+    result = node.run(value)
+    assert not result.ok and message in result.reason
+    assert result.attempts[0].outcome == "input_error"
+    assert engine.calls == []
+
+
+def test_traces_are_written_and_collected(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    engine = FakeEngine(replies=["x"])
+    node = Node(Classify(["x", "y"]), [fake_tier("t", engine)], trace=path)
+    with collect() as run:
+        node.run("one", input_id="1")
+        node.run("", input_id="2")
+    assert [r.input_id for r in run.results] == ["1", "2"]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [rec["ok"] for rec in lines] == [True, False]
+    first = lines[0]
+    assert first["config_hash"] == node.config_hash()
+    attempt = first["attempts"][0]
+    for key in ("tier", "raw", "prompt_tokens", "latency_s", "cost_usd", "confidence", "outcome", "reason"):
+        assert key in attempt
+    summary = run.summary()
+    assert summary["items"] == 2 and summary["failed"] == 1
+
+
+def test_input_selection_from_state():
+    from agentkit.node import select
+
+    class Msg:
+        content = "last message"
+
+    assert select({"a": {"b": "deep"}}, "a.b") == "deep"
+    assert select({"messages": [Msg(), Msg()]}, "messages.-1") == "last message"
+    assert select({"x": 1}, lambda s: str(s["x"])) == "1"
+    with pytest.raises(InputError):
+        select({"a": 1}, "missing")
+
+
+def test_config_hash_changes_with_settings():
+    engine = FakeEngine(replies=["x"])
+    a = Node(Classify(["x", "y"]), [fake_tier("t", engine)], Policy(threshold=0.8))
+    b = Node(Classify(["x", "y"]), [fake_tier("t", engine)], Policy(threshold=0.9))
+    assert a.config_hash() != b.config_hash()

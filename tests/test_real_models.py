@@ -1,0 +1,146 @@
+"""The real embedded models through llama.cpp: constrained classification and extraction,
+confidence, prefix reuse, a real small→large escalation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pydantic
+import pytest
+
+from agentkit import Classify, Extract, Node, Policy, Tier
+from agentkit.data import read_jsonl, split_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sms_split(datasets):
+    return split_records(read_jsonl(datasets / "sms_spam_collection" / "dev.jsonl"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def sms_task(sms_split):
+    return Classify(
+        ["ham", "spam"],
+        instructions="Is this SMS message spam (unsolicited advertising or scam) or ham (a normal message)?",
+        examples=sms_split.train,
+        k=8,
+    )
+
+
+def tier_of(engine, name):
+    return Tier(spec=f"test:{name}", name=name, engine=engine)
+
+
+def test_classify_held_out_sms_with_retrieved_examples(small, sms_task, sms_split):
+    node = Node(sms_task, [tier_of(small, "small")])
+    items = [r for r in sms_split.test if r["expected"] == "spam"][:6] + [
+        r for r in sms_split.test if r["expected"] == "ham"
+    ][:6]
+    results = [node.run(r["input"]) for r in items]
+    correct = sum(r.value == item["expected"] for r, item in zip(results, items, strict=True))
+    assert correct >= 10, [(r.value, i["expected"]) for r, i in zip(results, items, strict=True)]
+    for r in results:
+        assert r.ok and 0.5 <= r.confidence <= 1.0
+        assert r.attempts[0].confidence_method == "label-scoring"
+        assert r.cost_usd > 0 and r.attempts[0].prompt_tokens > 0
+
+
+def test_label_distribution_matches_raw_logits(small, sms_task):
+    """Recompute P(label) for every label from llama.cpp's raw logits (logits_all) and compare."""
+    import llama_cpp
+
+    text = "Congratulations! You have won a free cruise. Call 0800 123 now to claim."
+    msgs, _ = sms_task.messages(text)
+    answer = sms_task.answer(small, text)
+    inner = small.inner
+    tokens, _ = inner._prompt_tokens(msgs, 0)
+    eot = inner._end_of_turn()
+    raw = llama_cpp.Llama(model_path=str(inner.model_path), n_ctx=2048, logits_all=True, verbose=False, n_threads=2)
+    try:
+        logps = {}
+        for label in sms_task.labels:
+            cont = list(raw.tokenize((label + eot).encode(), add_bos=False, special=True))
+            raw.reset()
+            raw.eval(tokens + cont)
+            scores = np.asarray(raw.scores[: len(tokens) + len(cont)], dtype=np.float64)
+            total = 0.0
+            for j, tok in enumerate(cont):
+                row = scores[len(tokens) + j - 1]
+                total += row[tok] - (row.max() + math.log(np.exp(row - row.max()).sum()))
+            logps[label] = total
+    finally:
+        raw.close()
+    top = max(logps.values())
+    z = sum(math.exp(v - top) for v in logps.values())
+    dist = {k: math.exp(v - top) / z for k, v in logps.items()}
+    assert answer.value == max(dist, key=dist.__getitem__)
+    assert answer.confidence == pytest.approx(dist[answer.value], abs=0.02)
+
+
+def test_prefix_is_reused_across_calls(small):
+    task = Classify(["ham", "spam"], instructions="Spam or ham? " + "Be careful. " * 40)
+    first = task.answer(small, "Are we still meeting for lunch today?")
+    second = task.answer(small, "WINNER!! Claim your prize now, text WIN to 80086")
+    assert second.usage.cached_tokens >= 100  # the long fixed system prompt is not recomputed
+    # another task uses the engine in between: its own prefix is restored afterwards, not recomputed
+    other = Classify(["yes", "no"], instructions="Is it a question?")
+    other.answer(small, "Is it raining?")
+    third = task.answer(small, "See you at 6 then")
+    assert third.usage.cached_tokens >= 100
+    assert first.value in ("ham", "spam")
+
+
+class ReceiptFields(pydantic.BaseModel):
+    company: str
+    date: str
+    total: str
+
+
+def test_extract_receipt_fields_constrained_and_validated(small, datasets):
+    receipts = list(read_jsonl(datasets / "sroie2019" / "dev.jsonl"))
+    pool, item = receipts[1:20], receipts[0]
+    pool = [{"input": r["input"], "expected": {k: r["expected"][k] for k in ("company", "date", "total")}} for r in pool]
+
+    def total_in_text(value: ReceiptFields, text: str) -> str | None:
+        return None if value.total in text else f"total {value.total!r} not in the text"
+
+    task = Extract(ReceiptFields, instructions="Extract the receipt's company, date and total.", examples=pool, k=1,
+                   validators=[total_in_text], max_tokens=120)
+    answer = task.answer(small, item["input"])
+    assert answer.value is not None, answer.problems
+    ReceiptFields.model_validate(answer.value)
+    assert set(answer.details["field_confidence"]) == {"company", "date", "total"}
+    assert 0.0 <= answer.confidence <= 1.0
+    assert answer.usage.completion_tokens > 5
+
+
+def test_real_small_to_large_escalation(small, large):
+    task = Classify(
+        ["card_arrival", "card_linking", "lost_or_stolen_card"],
+        instructions="Which banking intent does the customer message express?",
+    )
+    text = "I got a card in the post but I don't know if it is mine"
+    small_conf = task.answer(small, text).confidence
+    assert small_conf is not None and small_conf < 1.0
+    threshold = min(1.0, small_conf + 1e-6)
+    node = Node(task, [tier_of(small, "small"), tier_of(large, "large")], Policy(threshold=threshold))
+    result = node.run(text)
+    assert [a.tier for a in result.attempts] == ["small", "large"]
+    assert result.attempts[0].outcome == "low_confidence"
+    assert result.ok and result.value in task.labels
+    assert result.cost_usd == pytest.approx(result.attempts[0].cost_usd + result.attempts[1].cost_usd)
+    assert result.attempts[1].cost_usd > 0
+
+
+def test_input_longer_than_context_is_a_clear_failure_or_truncated(small):
+    task = Classify(["ham", "spam"])
+    long_text = "word " * 6000
+    node = Node(task, [tier_of(small, "small")])
+    result = node.run(long_text)
+    assert not result.ok and "context" in result.reason
+    truncating = Node(task, [tier_of(small, "small")], Policy(too_long="truncate"))
+    ok = truncating.run(long_text)
+    assert ok.ok and ok.attempts[-1].details.get("truncated_to_chars")
