@@ -158,7 +158,9 @@ def values_match(kind: str, predicted: Any, gold: Any) -> bool:
     return normalize_text(str(predicted)) == normalize_text(str(gold))
 
 
-def compare_fields(predicted: Mapping[str, Any] | None, gold: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, dict[str, bool]]:
+def compare_fields(
+    predicted: Mapping[str, Any] | None, gold: Mapping[str, Any], kinds: Mapping[str, str]
+) -> dict[str, dict[str, bool]]:
     """Per field: ``{"exact": ..., "normalized": ...}``; fields not in ``kinds`` compare as text."""
     predicted = predicted or {}
     out: dict[str, dict[str, bool]] = {}

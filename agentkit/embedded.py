@@ -86,8 +86,11 @@ def _verified_marker(path: Path) -> Path:
     return path.with_suffix(path.suffix + ".sha256")
 
 
-def model_path(name: str, *, verify: bool = True) -> Path:
-    """Path of embedded model ``name``, assembling and verifying it on first use."""
+def model_path(name: str, *, recheck: bool = False) -> Path:
+    """Path of embedded model ``name``, assembling and verifying it on first use.
+
+    A cached file is trusted when its verified-hash marker is newer than it; ``recheck``
+    hashes it again. A file whose hash does not match is reassembled, never used."""
     try:
         model = EMBEDDED[name]
     except KeyError:
@@ -95,10 +98,15 @@ def model_path(name: str, *, verify: bool = True) -> Path:
         raise ModelUnavailableError(f"unknown embedded model {name!r}", hint=f"one of: {known}") from None
     target = cache_dir() / model.filename
     marker = _verified_marker(target)
-    if target.exists() and marker.exists() and marker.read_text().strip() == model.sha256:
-        if target.stat().st_mtime <= marker.stat().st_mtime:
-            return target
-    if target.exists() and verify and sha256_file(target) == model.sha256:
+    if (
+        not recheck
+        and target.exists()
+        and marker.exists()
+        and marker.read_text().strip() == model.sha256
+        and target.stat().st_mtime <= marker.stat().st_mtime
+    ):
+        return target
+    if target.exists() and sha256_file(target) == model.sha256:
         marker.write_text(model.sha256)
         return target
     return _assemble(model, target)

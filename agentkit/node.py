@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agentkit.errors import AgentkitError, EngineError, InputError, TaskFailed
+from agentkit.errors import AgentkitError, InputError, TaskFailed
 from agentkit.policy import Policy
 from agentkit.result import Attempt, Result, Trace, publish
 from agentkit.task import Answer, Task
@@ -117,13 +117,14 @@ class Node:
                 continue  # a larger context may still fit
             if attempt.outcome not in ("accepted", "low_confidence"):
                 continue
+            if self.policy.accepts(attempt.confidence, last=last):
+                return self._accept(result, attempt, "confident" if attempt.confidence is not None else "no_confidence")
             if attempt.confidence is None:
-                if last:
-                    return self._accept(result, attempt, "no_confidence")
-                attempt.outcome, attempt.reason = "low_confidence", "tier gives no confidence; not accepted before the last tier"
+                attempt.outcome, attempt.reason = (
+                    "low_confidence",
+                    "tier gives no confidence; not accepted before the last tier",
+                )
                 continue
-            if attempt.confidence >= self.policy.threshold:
-                return self._accept(result, attempt, "confident")
             candidates.append((attempt.confidence, attempt))
         if candidates and self.policy.when_unsure == "best":
             best = max(candidates, key=lambda c: c[0])[1]
@@ -170,9 +171,13 @@ class Node:
                 details["truncated_to_chars"] = len(text)
                 answer = retrying(self.task.answer, engine, text)
         except InputError as e:
-            return Attempt(tier=tier.name, outcome="input_error", reason=str(e), latency_s=time.perf_counter() - started)
+            return Attempt(
+                tier=tier.name, outcome="input_error", reason=str(e), latency_s=time.perf_counter() - started
+            )
         except AgentkitError as e:
-            return Attempt(tier=tier.name, outcome="engine_error", reason=str(e), latency_s=time.perf_counter() - started)
+            return Attempt(
+                tier=tier.name, outcome="engine_error", reason=str(e), latency_s=time.perf_counter() - started
+            )
         u = answer.usage
         attempt = Attempt(
             tier=tier.name,

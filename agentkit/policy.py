@@ -30,3 +30,11 @@ class Policy:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+
+    def accepts(self, confidence: float | None, *, last: bool) -> bool:
+        """Whether a valid answer with ``confidence`` is accepted at this rung.
+
+        No confidence (the tier cannot give one) is accepted on validation alone only at the last tier."""
+        if confidence is None:
+            return last
+        return confidence >= self.threshold

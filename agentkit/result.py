@@ -90,9 +90,9 @@ class Trace:
                 with self.path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(result.to_record(), default=str, ensure_ascii=False) + "\n")
 
-    def summary(self) -> dict[str, Any]:
-        """Counts, escalation rate, cost and latency over the collected results."""
-        rs = list(self.results)
+    def summary(self, node: str | None = None) -> dict[str, Any]:
+        """Counts, escalation rate, cost and latency over the collected results (of one node, if given)."""
+        rs = [r for r in self.results if node is None or r.node == node]
         n = len(rs)
         lat = sorted(r.latency_s for r in rs)
 

@@ -52,7 +52,11 @@ class FakeEngine:
             pos += len(w) + 1
         probs = [self.confidence] * len(words)
         finish = "length" if len(words) > max_tokens else "stop"
-        usage = Usage(prompt_tokens=sum(len(m["content"].split()) for m in messages), completion_tokens=len(words), seconds=self.seconds)
+        usage = Usage(
+            prompt_tokens=sum(len(m["content"].split()) for m in messages),
+            completion_tokens=len(words),
+            seconds=self.seconds,
+        )
         return Generation(text=text, finish_reason=finish, token_probs=probs, offsets=offsets, usage=usage)  # type: ignore[arg-type]
 
     def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
@@ -67,4 +71,3 @@ class FakeEngine:
 def failing_engine(times: int, then: str, *, retryable: bool = True) -> FakeEngine:
     """A fake engine that raises ``times`` engine errors, then replies ``then``."""
     return FakeEngine(replies=[EngineError("fake transient failure", retryable=retryable)] * times + [then])
-

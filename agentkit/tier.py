@@ -87,9 +87,7 @@ def _engine_from_spec(spec: str) -> Engine:
         if not target:
             raise ConfigError("gguf: spec needs a path, e.g. gguf:/models/qwen.gguf")
         return _llamacpp(str(Path(target).expanduser().resolve()), Path(target).expanduser(), None, opts)
-    raise ConfigError(
-        f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH or rules"
-    )
+    raise ConfigError(f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH or rules")
 
 
 class _RulesOnly:

@@ -46,7 +46,12 @@ def test_parse_date_day_first(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("9.00", Decimal("9.00")), ("RM 1,234.50", Decimal("1234.50")), ("1.234,50 €", Decimal("1234.50")), ("$10", Decimal("10"))],
+    [
+        ("9.00", Decimal("9.00")),
+        ("RM 1,234.50", Decimal("1234.50")),
+        ("1.234,50 €", Decimal("1234.50")),
+        ("$10", Decimal("10")),
+    ],
 )
 def test_parse_amount(text, expected):
     assert parse_amount(text) == expected

@@ -8,7 +8,7 @@ import json
 import pydantic
 import pytest
 
-from agentkit import Classify, Extract, InputError, Node, Policy, TaskFailed, Tier, Trace, collect
+from agentkit import Classify, Extract, InputError, Node, Policy, TaskFailed, Tier, collect
 from agentkit.errors import EngineError
 from agentkit.testing import FakeEngine, failing_engine
 

@@ -26,7 +26,8 @@ def sms_task(sms_split):
         ["ham", "spam"],
         instructions="Is this SMS message spam (unsolicited advertising or scam) or ham (a normal message)?",
         examples=sms_split.train,
-        k=8,
+        k=2,
+        static_per_label=4,
     )
 
 
@@ -36,29 +37,30 @@ def tier_of(engine, name):
 
 def test_classify_held_out_sms_with_retrieved_examples(small, sms_task, sms_split):
     node = Node(sms_task, [tier_of(small, "small")])
-    items = [r for r in sms_split.test if r["expected"] == "spam"][:6] + [
+    items = [r for r in sms_split.test if r["expected"] == "spam"][:5] + [
         r for r in sms_split.test if r["expected"] == "ham"
-    ][:6]
+    ][:5]
     results = [node.run(r["input"]) for r in items]
     correct = sum(r.value == item["expected"] for r, item in zip(results, items, strict=True))
-    assert correct >= 10, [(r.value, i["expected"]) for r, i in zip(results, items, strict=True)]
+    assert correct >= 9, [(r.value, i["expected"]) for r, i in zip(results, items, strict=True)]
     for r in results:
         assert r.ok and 0.5 <= r.confidence <= 1.0
         assert r.attempts[0].confidence_method == "label-scoring"
         assert r.cost_usd > 0 and r.attempts[0].prompt_tokens > 0
 
 
-def test_label_distribution_matches_raw_logits(small, sms_task):
+def test_label_distribution_matches_raw_logits(small, sms_split):
     """Recompute P(label) for every label from llama.cpp's raw logits (logits_all) and compare."""
     import llama_cpp
 
+    sms_task = Classify(["ham", "spam"], instructions="Spam or ham?", examples=sms_split.train, k=1)
     text = "Congratulations! You have won a free cruise. Call 0800 123 now to claim."
     msgs, _ = sms_task.messages(text)
     answer = sms_task.answer(small, text)
     inner = small.inner
     tokens, _ = inner._prompt_tokens(msgs, 0)
     eot = inner._end_of_turn()
-    raw = llama_cpp.Llama(model_path=str(inner.model_path), n_ctx=2048, logits_all=True, verbose=False, n_threads=2)
+    raw = llama_cpp.Llama(model_path=str(inner.model_path), n_ctx=512, logits_all=True, verbose=False, n_threads=2)
     try:
         logps = {}
         for label in sms_task.labels:
@@ -102,13 +104,21 @@ class ReceiptFields(pydantic.BaseModel):
 def test_extract_receipt_fields_constrained_and_validated(small, datasets):
     receipts = list(read_jsonl(datasets / "sroie2019" / "dev.jsonl"))
     pool, item = receipts[1:20], receipts[0]
-    pool = [{"input": r["input"], "expected": {k: r["expected"][k] for k in ("company", "date", "total")}} for r in pool]
+    pool = [
+        {"input": r["input"], "expected": {k: r["expected"][k] for k in ("company", "date", "total")}} for r in pool
+    ]
 
     def total_in_text(value: ReceiptFields, text: str) -> str | None:
         return None if value.total in text else f"total {value.total!r} not in the text"
 
-    task = Extract(ReceiptFields, instructions="Extract the receipt's company, date and total.", examples=pool, k=1,
-                   validators=[total_in_text], max_tokens=120)
+    task = Extract(
+        ReceiptFields,
+        instructions="Extract the receipt's company, date and total.",
+        examples=pool,
+        k=1,
+        validators=[total_in_text],
+        max_tokens=120,
+    )
     answer = task.answer(small, item["input"])
     assert answer.value is not None, answer.problems
     ReceiptFields.model_validate(answer.value)
@@ -141,6 +151,7 @@ def test_input_longer_than_context_is_a_clear_failure_or_truncated(small):
     node = Node(task, [tier_of(small, "small")])
     result = node.run(long_text)
     assert not result.ok and "context" in result.reason
-    truncating = Node(task, [tier_of(small, "small")], Policy(too_long="truncate"))
+    short_context = Tier("embedded:qwen2.5-0.5b?n_ctx=512")  # truncating to 4096/2 tokens would take ~40 s
+    truncating = Node(task, [short_context], Policy(too_long="truncate"))
     ok = truncating.run(long_text)
     assert ok.ok and ok.attempts[-1].details.get("truncated_to_chars")

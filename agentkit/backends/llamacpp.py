@@ -313,7 +313,12 @@ class LlamaCppEngine:
                 seconds=time.perf_counter() - t0,
             )
             return Generation(
-                text=text, finish_reason=finish, token_probs=probs, tokens=out, offsets=offsets, usage=usage  # type: ignore[arg-type]
+                text=text,
+                finish_reason=finish,
+                token_probs=probs,
+                tokens=out,
+                offsets=offsets,
+                usage=usage,  # type: ignore[arg-type]
             )  # type: ignore[arg-type]
 
     def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:

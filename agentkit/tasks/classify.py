@@ -31,14 +31,20 @@ class Classify(Task):
         instructions: str = "Classify the text.",
         examples: Sequence[Mapping[str, Any]] | None = None,
         k: int = 8,
+        static_per_label: int = 0,
         shortlist: int | None = 12,
+        example_chars: int = 300,
+        seed: int = 0,
     ) -> None:
         """
         Args:
             labels: the labels, or a mapping label → description.
             instructions: what the classification is about (one or two sentences).
             examples: labelled pool, records with ``input`` and ``expected``.
-            k: examples retrieved per input.
+            k: examples retrieved per input and put in the prompt (re-read on every call).
+            static_per_label: examples per label placed as chat turns in the fixed prefix, which
+                stays in the KV cache (read once per process, not per call); chosen by a seeded
+                shuffle of the pool.
             shortlist: when there are more labels than this and examples are given, score only
                 the labels of retrieved examples (at least 2 distinct). ``None``: always all.
         """
@@ -54,13 +60,18 @@ class Classify(Task):
         self.instructions = instructions
         self.k = k
         self.shortlist = shortlist
+        self.example_chars = example_chars
+        self.static_per_label = static_per_label
         self.index: ExampleIndex | None = None
+        self.static: list[dict[str, Any]] = []
         if examples:
             unknown = {str(e["expected"]) for e in examples} - set(self.labels)
             if unknown:
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
             self.index = ExampleIndex(examples)
+            self.static = _static_examples(examples, static_per_label, seed)
         self._constraint = Constraint.choice(self.labels)
+        self._system_text: str | None = None
 
     def system_prompt(self) -> str:
         lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
@@ -68,14 +79,34 @@ class Classify(Task):
             lines.append(f"- {label}: {desc}" if desc else f"- {label}")
         return "\n".join(lines)
 
+    def _cut(self, text: Any) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= self.example_chars else text[: self.example_chars] + "…"
+
     def messages(self, text: str) -> tuple[list[Message], list[dict[str, Any]]]:
-        shots = self.index.search(text, self.k) if self.index is not None and self.k > 0 else []
-        msgs: list[Message] = [{"role": "system", "content": self.system_prompt()}]
-        for ex in reversed(shots):  # most similar closest to the question
-            msgs.append({"role": "user", "content": str(ex["input"])})
-            msgs.append({"role": "assistant", "content": str(ex["expected"])})
+        want = max(self.k, 8 if self.shortlist is not None else 0)
+        found = self.index.search(text, want) if self.index is not None and want > 0 else []
+        shots = found[: self.k]
+        msgs = self.fixed_messages() + self._turns(reversed(shots))  # most similar closest to the question
         msgs.append({"role": "user", "content": text})
-        return msgs, shots
+        return msgs, found
+
+    def fixed_messages(self) -> list[Message]:
+        """The part of the prompt that is the same for every input (kept in the KV cache)."""
+        return [{"role": "system", "content": self._system}, *self._turns(self.static)]
+
+    def _turns(self, examples: Any) -> list[Message]:
+        msgs: list[Message] = []
+        for ex in examples:
+            msgs.append({"role": "user", "content": self._cut(ex["input"])})
+            msgs.append({"role": "assistant", "content": str(ex["expected"])})
+        return msgs
+
+    @property
+    def _system(self) -> str:
+        if self._system_text is None:
+            self._system_text = self.system_prompt()
+        return self._system_text
 
     def candidates(self, shots: list[dict[str, Any]]) -> list[str]:
         if self.shortlist is None or len(self.labels) <= self.shortlist or not shots:
@@ -86,7 +117,7 @@ class Classify(Task):
             if label not in seen:
                 seen.append(label)
         if len(seen) < 2 and self.index is not None:
-            for ex in self.index.search(str(shots[0]["input"]), 4 * self.k):
+            for ex in self.index.search(str(shots[0]["input"]), 4 * len(shots)):
                 label = str(ex["expected"])
                 if label not in seen:
                     seen.append(label)
@@ -99,7 +130,7 @@ class Classify(Task):
         caps = engine.capabilities
         if caps.scoring:
             cands = self.candidates(shots)
-            scored = engine.score(msgs, cands, prefix=1)
+            scored = engine.score(msgs, cands, prefix=1 + 2 * len(self.static))
             top = max(scored.logprobs)
             weights = [math.exp(lp - top) for lp in scored.logprobs]
             total = sum(weights)
@@ -114,7 +145,7 @@ class Classify(Task):
                 usage=scored.usage,
                 details={"distribution": dict(sorted(dist.items(), key=lambda kv: -kv[1])[:5])},
             )
-        gen = engine.generate(msgs, self._constraint, max_tokens=32, prefix=1)
+        gen = engine.generate(msgs, self._constraint, max_tokens=32, prefix=1 + 2 * len(self.static))
         value = gen.text.strip()
         problems = [] if value in self.descriptions else [f"{value!r} is not one of the labels"]
         if gen.finish_reason == "length":
@@ -136,5 +167,24 @@ class Classify(Task):
             "instructions": self.instructions,
             "k": self.k,
             "shortlist": self.shortlist,
+            "static_per_label": self.static_per_label,
+            "example_chars": self.example_chars,
             "examples": len(self.index) if self.index else 0,
         }
+
+
+def _static_examples(examples: Sequence[Mapping[str, Any]], per_label: int, seed: int) -> list[dict[str, Any]]:
+    """``per_label`` examples of each label, picked by a seeded shuffle, interleaved by label."""
+    if per_label <= 0:
+        return []
+    import random
+
+    pool = [dict(e) for e in examples]
+    random.Random(seed).shuffle(pool)
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for e in pool:
+        bucket = by_label.setdefault(str(e["expected"]), [])
+        if len(bucket) < per_label:
+            bucket.append(e)
+    rounds = [[b[i] for b in by_label.values() if i < len(b)] for i in range(per_label)]
+    return [e for r in rounds for e in r]

@@ -122,7 +122,9 @@ class Cleanse(Task):
             problems.append(f"model dropped {1 - len(out) / max(1, len(cleaned)):.0%} of the text")
         probs = sorted(gen.token_probs or [])
         conf = probs[len(probs) // 10] if probs else None
-        return Answer(value=out, raw=gen.text, confidence=conf, method="token-probs:q10", usage=gen.usage, problems=problems)
+        return Answer(
+            value=out, raw=gen.text, confidence=conf, method="token-probs:q10", usage=gen.usage, problems=problems
+        )
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -45,9 +45,7 @@ def field_confidence(gen: Generation, quantile: float = 0.1) -> dict[str, float]
         return {}
     out: dict[str, float] = {}
     for name, (start, end) in field_spans(gen.text).items():
-        probs = sorted(
-            p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if start <= off < end
-        )
+        probs = sorted(p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if start <= off < end)
         if probs:
             out[name] = probs[min(len(probs) - 1, int(quantile * len(probs)))]
     return out

@@ -1,0 +1,31 @@
+"""The README's Python code blocks run as written (real embedded models)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_code_blocks():
+    assert len(python_blocks()) >= 3
+
+
+def test_readme_python_blocks_run(small, large, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)  # the README's paths are relative to the repo root
+    monkeypatch.setattr("agentkit.result.Path", lambda p: tmp_path / p)  # keep its trace file out of the repo
+    namespace: dict = {"__name__": "readme"}
+    for block in python_blocks():
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+    out = capsys.readouterr().out
+    assert "spam" in out
+    assert (tmp_path / "runs" / "trace.jsonl").exists()
