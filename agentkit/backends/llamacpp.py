@@ -53,7 +53,10 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = 512,
         lora_path: str | Path | None = None,
+        prefix_cache: bool = True,
     ) -> None:
+        """``prefix_cache=False`` recomputes every prompt from scratch (for measuring the gain)."""
+        self.prefix_cache = prefix_cache
         self.model_path = Path(model_path)
         self.lora_path = Path(lora_path) if lora_path else None
         self.name = name or self.model_path.stem
@@ -216,6 +219,9 @@ class LlamaCppEngine:
         """Make the KV cache hold ``tokens``; return the last logits and how many tokens were reused."""
         if len(tokens) >= self._n_ctx:
             raise InputError(f"prompt is {len(tokens)} tokens, the context is {self._n_ctx}")
+        if not self.prefix_cache:
+            self._truncate(0)
+            prefix_len = 0
         common = _lcp(self._tokens, tokens)
         if 0 < prefix_len < len(tokens) and common < prefix_len:
             key = tuple(tokens[:prefix_len])
