@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--static", type=int, default=0, help="examples per label in the cached prefix")
     p.add_argument("--shortlist", type=int, default=12, help="score only retrieved labels above this many labels")
     p.add_argument("--pool", type=int, default=None, help="cap on the example pool")
+    p.add_argument("--verbalize", default="", help="label=word pairs, e.g. ask=yes,not_ask=no")
+    p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -54,6 +56,8 @@ def main() -> None:
         k=args.k,
         static_per_label=args.static,
         shortlist=args.shortlist,
+        verbalizer=dict(pair.split("=", 1) for pair in args.verbalize.split(",")) if args.verbalize else None,
+        calibrate=args.calibrate,
     )
     tiers = [Tier(s) for s in args.tiers.split(",")]
     t0 = time.perf_counter()
@@ -90,6 +94,7 @@ def main() -> None:
     ]
     print(
         f"\n{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
+        f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate},"
         f" labels={len(labels)}"
     )
     print_table(rows, ["config", "accuracy [95% CI]", "invalid", "escalated", "µ$/item", "s/item"])

@@ -155,3 +155,18 @@ def test_input_longer_than_context_is_a_clear_failure_or_truncated(small):
     truncating = Node(task, [short_context], Policy(too_long="truncate"))
     ok = truncating.run(long_text)
     assert ok.ok and ok.attempts[-1].details.get("truncated_to_chars")
+
+
+def test_verbalizer_and_contextual_calibration(small):
+    task = Classify(
+        ["ask", "not_ask"],
+        instructions="Does this e-mail sentence ask the reader to do something? Answer yes or no.",
+        verbalizer={"ask": "yes", "not_ask": "no"},
+        calibrate=True,
+    )
+    prior = task.prior(small)
+    assert set(prior) == {"ask", "not_ask"} and sum(prior.values()) == pytest.approx(1.0)
+    a = task.answer(small, "Could you please send me the signed contract by Friday?")
+    assert (a.value, a.raw) == ("ask", "yes") and a.method.endswith("+calibrated")
+    b = task.answer(small, "The quarterly numbers were published last week.")
+    assert b.value == "not_ask"

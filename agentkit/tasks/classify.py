@@ -34,6 +34,8 @@ class Classify(Task):
         static_per_label: int = 0,
         shortlist: int | None = 12,
         example_chars: int = 300,
+        verbalizer: Mapping[str, str] | None = None,
+        calibrate: bool = False,
         seed: int = 0,
     ) -> None:
         """
@@ -62,6 +64,12 @@ class Classify(Task):
         self.shortlist = shortlist
         self.example_chars = example_chars
         self.static_per_label = static_per_label
+        self.verbalizer = {label: (verbalizer or {}).get(label, label) for label in self.labels}
+        if len(set(self.verbalizer.values())) != len(self.labels):
+            raise ConfigError("verbalizer must map labels to distinct words")
+        self._label_of = {word: label for label, word in self.verbalizer.items()}
+        self.calibrate = calibrate
+        self._prior: dict[int, dict[str, float]] = {}
         self.index: ExampleIndex | None = None
         self.static: list[dict[str, Any]] = []
         if examples:
@@ -70,13 +78,14 @@ class Classify(Task):
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
             self.index = ExampleIndex(examples)
             self.static = _static_examples(examples, static_per_label, seed)
-        self._constraint = Constraint.choice(self.labels)
+        self._constraint = Constraint.choice(list(self.verbalizer.values()))
         self._system_text: str | None = None
 
     def system_prompt(self) -> str:
         lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
         for label, desc in self.descriptions.items():
-            lines.append(f"- {label}: {desc}" if desc else f"- {label}")
+            word = self.verbalizer[label]
+            lines.append(f"- {word}: {desc}" if desc else f"- {word}")
         return "\n".join(lines)
 
     def _cut(self, text: Any) -> str:
@@ -99,7 +108,7 @@ class Classify(Task):
         msgs: list[Message] = []
         for ex in examples:
             msgs.append({"role": "user", "content": self._cut(ex["input"])})
-            msgs.append({"role": "assistant", "content": str(ex["expected"])})
+            msgs.append({"role": "assistant", "content": self.verbalizer[str(ex["expected"])]})
         return msgs
 
     @property
@@ -125,29 +134,52 @@ class Classify(Task):
                     break
         return seen
 
+    def _distribution(self, engine: Engine, msgs: list[Message], labels: list[str]) -> tuple[dict[str, float], Any]:
+        scored = engine.score(msgs, [self.verbalizer[c] for c in labels], prefix=len(self.fixed_messages()))
+        logps = dict(zip(labels, scored.logprobs, strict=True))
+        if self.calibrate:
+            prior = self.prior(engine)
+            logps = {c: lp - math.log(max(prior[c], 1e-12)) for c, lp in logps.items()}
+        top = max(logps.values())
+        weights = {c: math.exp(lp - top) for c, lp in logps.items()}
+        total = sum(weights.values())
+        return {c: w / total for c, w in weights.items()}, scored.usage
+
+    def prior(self, engine: Engine) -> dict[str, float]:
+        """P(label) for a content-free input under the fixed prompt (computed once per engine)."""
+        key = id(engine)
+        if key not in self._prior:
+            calibrate, self.calibrate = self.calibrate, False
+            try:
+                msgs = [*self.fixed_messages(), {"role": "user", "content": "N/A"}]
+                self._prior[key] = self._distribution(engine, msgs, self.labels)[0]
+            finally:
+                self.calibrate = calibrate
+        return self._prior[key]
+
     def answer(self, engine: Engine, text: str) -> Answer:
         msgs, shots = self.messages(text)
         caps = engine.capabilities
+        prefix = len(self.fixed_messages())
         if caps.scoring:
             cands = self.candidates(shots)
-            scored = engine.score(msgs, cands, prefix=1 + 2 * len(self.static))
-            top = max(scored.logprobs)
-            weights = [math.exp(lp - top) for lp in scored.logprobs]
-            total = sum(weights)
-            dist = {c: w / total for c, w in zip(cands, weights, strict=True)}
+            dist, usage = self._distribution(engine, msgs, cands)
             best = max(dist, key=dist.__getitem__)
             method = "label-scoring" if len(cands) == len(self.labels) else f"label-scoring:shortlist{len(cands)}"
+            if self.calibrate:
+                method += "+calibrated"
             return Answer(
                 value=best,
-                raw=best,
+                raw=self.verbalizer[best],
                 confidence=dist[best],
                 method=method,
-                usage=scored.usage,
+                usage=usage,
                 details={"distribution": dict(sorted(dist.items(), key=lambda kv: -kv[1])[:5])},
             )
-        gen = engine.generate(msgs, self._constraint, max_tokens=32, prefix=1 + 2 * len(self.static))
-        value = gen.text.strip()
-        problems = [] if value in self.descriptions else [f"{value!r} is not one of the labels"]
+        gen = engine.generate(msgs, self._constraint, max_tokens=32, prefix=prefix)
+        word = gen.text.strip()
+        value = self._label_of.get(word)
+        problems = [] if value is not None else [f"{word!r} is not one of the labels"]
         if gen.finish_reason == "length":
             problems.append("output cut at the token limit")
         conf = math.prod(gen.token_probs) if gen.token_probs else None
@@ -169,6 +201,8 @@ class Classify(Task):
             "shortlist": self.shortlist,
             "static_per_label": self.static_per_label,
             "example_chars": self.example_chars,
+            "verbalizer": self.verbalizer,
+            "calibrate": self.calibrate,
             "examples": len(self.index) if self.index else 0,
         }
 
