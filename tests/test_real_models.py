@@ -158,15 +158,22 @@ def test_input_longer_than_context_is_a_clear_failure_or_truncated(small):
 
 
 def test_verbalizer_and_contextual_calibration(small):
-    task = Classify(
-        ["ask", "not_ask"],
-        instructions="Does this e-mail sentence ask the reader to do something? Answer yes or no.",
-        verbalizer={"ask": "yes", "not_ask": "no"},
-        calibrate=True,
-    )
-    prior = task.prior(small)
+    def make(calibrate: bool) -> Classify:
+        return Classify(
+            ["ask", "not_ask"],
+            instructions="Does this e-mail sentence ask the reader to do something? Answer yes or no.",
+            verbalizer={"ask": "yes", "not_ask": "no"},
+            calibrate=calibrate,
+        )
+
+    plain, calibrated = make(False), make(True)
+    prior = calibrated.prior(small)
     assert set(prior) == {"ask", "not_ask"} and sum(prior.values()) == pytest.approx(1.0)
-    a = task.answer(small, "Could you please send me the signed contract by Friday?")
-    assert (a.value, a.raw) == ("ask", "yes") and a.method.endswith("+calibrated")
-    b = task.answer(small, "The quarterly numbers were published last week.")
-    assert b.value == "not_ask"
+    text = "Could you please send me the signed contract by Friday?"
+    a, b = plain.answer(small, text), calibrated.answer(small, text)
+    assert a.raw in ("yes", "no") and a.value == {"yes": "ask", "no": "not_ask"}[a.raw]
+    assert b.method.endswith("+calibrated")
+    p, q = a.details["distribution"], b.details["distribution"]
+    ratio = {c: p[c] / prior[c] for c in p}
+    z = sum(ratio.values())
+    assert q == pytest.approx({c: r / z for c, r in ratio.items()}, abs=1e-6)
