@@ -178,6 +178,11 @@ class Node:
             return Attempt(
                 tier=tier.name, outcome="engine_error", reason=str(e), latency_s=time.perf_counter() - started
             )
+        except Exception as e:  # an unexpected failure is recorded for this input; the batch goes on
+            reason = f"unexpected {type(e).__name__}: {e}"
+            return Attempt(
+                tier=tier.name, outcome="engine_error", reason=reason, latency_s=time.perf_counter() - started
+            )
         u = answer.usage
         attempt = Attempt(
             tier=tier.name,

@@ -164,3 +164,16 @@ def test_config_hash_changes_with_settings():
     a = Node(Classify(["x", "y"]), [fake_tier("t", engine)], Policy(threshold=0.8))
     b = Node(Classify(["x", "y"]), [fake_tier("t", engine)], Policy(threshold=0.9))
     assert a.config_hash() != b.config_hash()
+
+
+def test_a_broken_validator_or_engine_bug_is_recorded_not_raised():
+    def broken(value: Receipt, text: str) -> str | None:
+        raise KeyError("oops")
+
+    engine = FakeEngine(replies=['{"company": "A", "total": "1"}'])
+    result = Node(Extract(Receipt, validators=[broken]), [fake_tier("t", engine)]).run("A 1")
+    assert not result.ok and "validator 'broken' raised KeyError" in result.reason
+
+    crashing = FakeEngine(replies=[ZeroDivisionError("bug")])
+    result = Node(Classify(["x", "y"]), [fake_tier("t", crashing)]).run("text")
+    assert not result.ok and "unexpected ZeroDivisionError: bug" in result.reason

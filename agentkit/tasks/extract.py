@@ -101,7 +101,14 @@ class Extract(Task):
         except pydantic.ValidationError as e:
             errs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'output'}: {x['msg']}" for x in e.errors()[:5])
             return None, [f"schema: {errs}"]
-        problems = [p for v in self.validators if (p := v(model, text))]
+        problems: list[str] = []
+        for check in self.validators:
+            try:
+                problem = check(model, text)
+            except Exception as e:  # a broken rule is a recorded problem, not a crash
+                problem = f"validator {getattr(check, '__name__', check)!r} raised {type(e).__name__}: {e}"
+            if problem:
+                problems.append(problem)
         return model, problems
 
     def answer(self, engine: Engine, text: str) -> Answer:
