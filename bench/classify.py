@@ -31,13 +31,21 @@ INSTRUCTIONS = {
 }
 
 
+def verbalizer(spec: str, labels: list[str]) -> dict[str, str] | None:
+    if not spec:
+        return None
+    if spec == "spaces":
+        return {label: label.replace("_", " ") for label in labels}
+    return dict(pair.split("=", 1) for pair in spec.split(","))
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0], DATASETS / "sms_spam_collection" / "dev.jsonl")
     p.add_argument("--k", type=int, default=8, help="retrieved examples per prompt")
     p.add_argument("--static", type=int, default=0, help="examples per label in the cached prefix")
     p.add_argument("--shortlist", type=int, default=12, help="score only retrieved labels above this many labels")
     p.add_argument("--pool", type=int, default=None, help="cap on the example pool")
-    p.add_argument("--verbalize", default="", help="label=word pairs, e.g. ask=yes,not_ask=no")
+    p.add_argument("--verbalize", default="", help="label=word pairs (ask=yes,not_ask=no), or 'spaces' (a_b -> a b)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     args = p.parse_args()
 
@@ -56,7 +64,7 @@ def main() -> None:
         k=args.k,
         static_per_label=args.static,
         shortlist=args.shortlist,
-        verbalizer=dict(pair.split("=", 1) for pair in args.verbalize.split(",")) if args.verbalize else None,
+        verbalizer=verbalizer(args.verbalize, labels),
         calibrate=args.calibrate,
     )
     tiers = [Tier(s) for s in args.tiers.split(",")]
