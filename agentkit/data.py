@@ -171,3 +171,25 @@ def compare_fields(
             "normalized": values_match(kinds.get(field, "text"), p, g),
         }
     return out
+
+
+# ---- candidate values in a text -----------------------------------------------------
+
+_AMOUNT_TOKEN = re.compile(r"(?<![\w.,])-?\d{1,3}(?:[,.\s]\d{3})*[.,]\d{2}(?![\d])|(?<![\w.,])-?\d+[.,]\d{2}(?!\d)")
+_DATE_TOKEN = re.compile(
+    r"\b\d{1,4}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{2,4}\b"
+    r"|\b\d{1,2}(?:st|nd|rd|th)?[\s\-/.]*[A-Za-z]{3,9}\.?[\s\-/.,]*\d{2,4}\b"
+    r"|\b[A-Za-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}\b"
+)
+
+
+def candidates(kind: str, text: str) -> list[str]:
+    """Strings in ``text`` that could be a value of ``kind`` (``amount`` or ``date``), as printed,
+    in order of first appearance, without duplicates."""
+    if kind == "amount":
+        found = [m.group(0).strip() for m in _AMOUNT_TOKEN.finditer(text)]
+    elif kind == "date":
+        found = [m.group(0).strip() for m in _DATE_TOKEN.finditer(text) if parse_date(m.group(0))]
+    else:
+        raise ValueError(f"no candidate finder for {kind!r}")
+    return list(dict.fromkeys(found))

@@ -36,6 +36,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0], DATASETS / "sroie2019" / "dev.jsonl")
     p.add_argument("--k", type=int, default=1, help="retrieved example receipts per prompt")
     p.add_argument("--cleanse", choices=["both", "on", "off"], default="both")
+    p.add_argument("--verbatim", action="store_true", help="total and date picked from candidates in the text")
     args = p.parse_args()
 
     split = split_records(read_jsonl(args.data), seed=args.seed)
@@ -44,7 +45,13 @@ def main() -> None:
     tiers = [Tier(s) for s in args.tiers.split(",")]
     names = [t.name for t in tiers]
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.cleanse]
-    headline: dict = {"bench": "extract", "data": str(args.data), "n": len(items)}
+    headline: dict = {
+        "bench": "extract",
+        "data": str(args.data),
+        "n": len(items),
+        "verbatim": args.verbatim,
+        "k": args.k,
+    }
     rows = []
     for use_cleanse in modes:
         prep = cleanse.apply_rules if use_cleanse else (lambda t: t)
@@ -56,6 +63,7 @@ def main() -> None:
             k=args.k,
             validators=[total_in_text, date_parses],
             max_tokens=200,
+            verbatim={"total": "amount", "date": "date"} if args.verbatim else None,
         )
         label = "cleanse" if use_cleanse else "raw"
         t0 = time.perf_counter()

@@ -177,3 +177,12 @@ def test_a_broken_validator_or_engine_bug_is_recorded_not_raised():
     crashing = FakeEngine(replies=[ZeroDivisionError("bug")])
     result = Node(Classify(["x", "y"]), [fake_tier("t", crashing)]).run("text")
     assert not result.ok and "unexpected ZeroDivisionError: bug" in result.reason
+
+
+def test_verbatim_fields_narrow_the_schema_to_values_in_the_text():
+    task = Extract(Receipt, verbatim={"total": "amount"})
+    schema = json.loads(task.constraint_for("Coffee 3.50\nTOTAL RM 12.50\nCASH 20.00").spec)
+    assert schema["properties"]["total"]["enum"] == ["3.50", "12.50", "20.00"]
+    assert "enum" not in schema["properties"]["company"]
+    free = json.loads(task.constraint_for("no amounts here").spec)
+    assert "enum" not in free["properties"]["total"]

@@ -24,6 +24,8 @@ from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
 _PREFIX_STATES = 32
 """Saved prefix states kept per engine (each is a few MB of KV cache)."""
+_CONSTRAINTS = 64
+"""Compiled constraints kept per engine (a node's fixed constraint stays; per-input ones rotate)."""
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -68,7 +70,7 @@ class LlamaCppEngine:
         self._llm: Any = None
         self._tokens: list[int] = []
         self._prefix_states: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
-        self._processors: dict[Constraint, Any] = {}
+        self._processors: OrderedDict[Constraint, Any] = OrderedDict()
         self._backend: Any = None
         self._formatters: dict[bool, Any] = {}
         self._eot: str | None = None
@@ -265,6 +267,10 @@ class LlamaCppEngine:
             else:
                 raise ValueError(f"unknown constraint kind {constraint.kind!r}")
             self._processors[constraint] = proc
+            while len(self._processors) > _CONSTRAINTS:
+                self._processors.popitem(last=False)
+        else:
+            self._processors.move_to_end(constraint)
         return proc
 
     # ---- public API ----------------------------------------------------------------

@@ -8,7 +8,9 @@ from typing import Any
 
 import pydantic
 
+from agentkit.data import candidates
 from agentkit.engine import Constraint, Engine, Generation, Message
+from agentkit.errors import ConfigError
 from agentkit.retrieval import ExampleIndex
 from agentkit.task import Answer, Task
 
@@ -67,8 +69,20 @@ class Extract(Task):
         validators: Sequence[Validator] = (),
         max_tokens: int = 512,
         quantile: float = 0.1,
+        verbatim: Mapping[str, str] | None = None,
     ) -> None:
+        """
+        Args:
+            verbatim: fields whose value must be copied from the text, with the kind of value
+                (``{"total": "amount", "date": "date"}``): for each input the JSON Schema of those
+                fields is narrowed to an ``enum`` of the candidates found in the text, so the model
+                picks one and cannot invent a value. With no candidate the field stays free.
+        """
         self.schema = schema
+        self.verbatim = dict(verbatim or {})
+        unknown = set(self.verbatim) - set(schema.model_fields)
+        if unknown:
+            raise ConfigError(f"verbatim fields not in the schema: {sorted(unknown)}")
         self.instructions = instructions
         self.k = k
         self.validators = list(validators)
@@ -111,8 +125,20 @@ class Extract(Task):
                 problems.append(problem)
         return model, problems
 
+    def constraint_for(self, text: str) -> Constraint:
+        """The node's constraint, narrowed for ``text`` when there are verbatim fields."""
+        if not self.verbatim:
+            return self._constraint
+        schema = json.loads(json.dumps(self._json_schema))
+        for name, kind in self.verbatim.items():
+            found = candidates(kind, text)
+            if found:
+                schema["properties"][name] = {"type": "string", "enum": found}
+        return Constraint.json_schema(schema)
+
     def answer(self, engine: Engine, text: str) -> Answer:
-        gen = engine.generate(self.messages(text), self._constraint, max_tokens=self.max_tokens, prefix=1)
+        constraint = self.constraint_for(text)
+        gen = engine.generate(self.messages(text), constraint, max_tokens=self.max_tokens, prefix=1)
         problems: list[str] = []
         if gen.finish_reason == "length":
             problems.append(f"output cut at the token limit ({self.max_tokens})")
@@ -140,5 +166,6 @@ class Extract(Task):
             "k": self.k,
             "validators": [getattr(v, "__name__", repr(v)) for v in self.validators],
             "max_tokens": self.max_tokens,
+            "verbatim": self.verbatim,
             "examples": len(self.index) if self.index else 0,
         }
