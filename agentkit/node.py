@@ -99,24 +99,18 @@ class Node:
 
     def run(self, value: Any, *, input_id: str | None = None) -> Result:
         """Answer one input. Returns a Result (``ok`` or a failure with every reason)."""
-        result = Result(node=self.name, ok=False, input_id=input_id, config_hash=self.config_hash())
         try:
             text = self.task.check_input(value)
         except InputError as e:
-            result.input_text = value if isinstance(value, str) else repr(value)[:1000]
-            result.attempts.append(Attempt(tier="-", outcome="input_error", reason=str(e)))
-            result.reason = str(e)
-            return self._finish(result)
-        result.input_text = text
+            return self._input_failure(e, value, input_id)
+        result = Result(node=self.name, ok=False, input_id=input_id, config_hash=self.config_hash(), input_text=text)
         candidates: list[tuple[float, Attempt]] = []
         for index, tier in enumerate(self.tiers):
             attempt = self._attempt(tier, text)
             result.attempts.append(attempt)
             last = index == len(self.tiers) - 1
-            if attempt.outcome == "input_error" and not last:
-                continue  # a larger context may still fit
             if attempt.outcome not in ("accepted", "low_confidence"):
-                continue
+                continue  # invalid, engine or context error: the next tier may do better
             if self.policy.accepts(attempt.confidence, last=last):
                 return self._accept(result, attempt, "confident" if attempt.confidence is not None else "no_confidence")
             if attempt.confidence is None:
@@ -242,15 +236,23 @@ class Node:
             value = select(state, self.input)
         except InputError as e:
             value = e  # recorded as an input failure below
-        result = self.run(value) if not isinstance(value, InputError) else self._input_failure(value)
+        result = self.run(value) if not isinstance(value, InputError) else self._input_failure(value, None, None)
         return self._update(result)
 
     async def acall(self, state: Any) -> dict[str, Any]:
         """Async LangGraph node (``graph.add_node("x", node.acall)``); the engine runs in a thread."""
         return await asyncio.to_thread(self.__call__, state)
 
-    def _input_failure(self, error: InputError) -> Result:
-        result = Result(node=self.name, ok=False, config_hash=self.config_hash(), reason=str(error))
+    def _input_failure(self, error: InputError, value: Any, input_id: str | None) -> Result:
+        """A failure record for an input no tier was asked about (the input is kept)."""
+        result = Result(
+            node=self.name,
+            ok=False,
+            input_id=input_id,
+            input_text=value if isinstance(value, str) else repr(value)[:1000],
+            config_hash=self.config_hash(),
+            reason=str(error),
+        )
         result.attempts.append(Attempt(tier="-", outcome="input_error", reason=str(error)))
         return self._finish(result)
 
