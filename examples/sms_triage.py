@@ -40,7 +40,7 @@ def build_graph(examples: list[dict]) -> object:
             k=2,
             static_per_label=4,
         ),
-        policy=Policy(threshold=0.9),
+        policy=Policy(threshold=0.8),  # from bench/classify.py: 95% at 37% escalation on 120 held-out SMS
         input="clean",
         output="label",
         meta="label_meta",
