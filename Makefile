@@ -25,7 +25,7 @@ test: models
 	$(PY) -m pytest -q -m "not gpu"
 
 lint: setup
-	$(VENV)/bin/ruff check agentkit tests bench examples
+	$(VENV)/bin/ruff check agentkit tests bench examples schemas
 
 clean:
 	rm -rf $(VENV)
