@@ -79,7 +79,7 @@ class Classify(Task):
             self.index = ExampleIndex(examples)
             self.static = _static_examples(examples, static_per_label, seed)
         self._constraint = Constraint.choice(list(self.verbalizer.values()))
-        self._system_text: str | None = None
+        self._fixed: list[Message] | None = None
 
     def system_prompt(self) -> str:
         lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
@@ -102,7 +102,9 @@ class Classify(Task):
 
     def fixed_messages(self) -> list[Message]:
         """The part of the prompt that is the same for every input (kept in the KV cache)."""
-        return [{"role": "system", "content": self._system}, *self._turns(self.static)]
+        if self._fixed is None:
+            self._fixed = [{"role": "system", "content": self.system_prompt()}, *self._turns(self.static)]
+        return list(self._fixed)
 
     def _turns(self, examples: Any) -> list[Message]:
         msgs: list[Message] = []
@@ -110,12 +112,6 @@ class Classify(Task):
             msgs.append({"role": "user", "content": self._cut(ex["input"])})
             msgs.append({"role": "assistant", "content": self.verbalizer[str(ex["expected"])]})
         return msgs
-
-    @property
-    def _system(self) -> str:
-        if self._system_text is None:
-            self._system_text = self.system_prompt()
-        return self._system_text
 
     def candidates(self, shots: list[dict[str, Any]]) -> list[str]:
         if self.shortlist is None or len(self.labels) <= self.shortlist or not shots:
