@@ -47,8 +47,7 @@ def answer_all(
             except AgentkitError as e:
                 row.append(TierAnswer(None, False, None, 0.0, time.perf_counter() - t0, error=str(e)))
                 continue
-            u = a.usage
-            cost = tier.cost(u.seconds, u.prompt_tokens - u.cached_tokens, u.completion_tokens)
+            cost = tier.cost(a.usage)
             row.append(
                 TierAnswer(a.value, not a.problems, a.confidence, cost, time.perf_counter() - t0, "; ".join(a.problems))
             )

@@ -189,7 +189,7 @@ class Node:
             cached_tokens=u.cached_tokens,
             completion_tokens=u.completion_tokens,
             latency_s=time.perf_counter() - started,
-            cost_usd=tier.cost(u.seconds, u.prompt_tokens - u.cached_tokens, u.completion_tokens),
+            cost_usd=tier.cost(u),
             details={**answer.details, **details},
         )
         if answer.problems:

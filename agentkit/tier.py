@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from agentkit.engine import Capabilities, Engine
+from agentkit.engine import Capabilities, Engine, Usage
 from agentkit.errors import ConfigError
 
 DEFAULT_USD_PER_HOUR = 0.20
@@ -59,11 +59,13 @@ class Tier:
         assert self.engine is not None
         return self.engine.capabilities
 
-    def cost(self, seconds: float, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one attempt: compute time for local tiers, tokens for API tiers."""
-        cost = (prompt_tokens * self.usd_per_mtok_in + completion_tokens * self.usd_per_mtok_out) / 1e6
+    def cost(self, usage: Usage) -> float:
+        """USD for one attempt: compute time for local tiers, tokens for API tiers (prompt tokens
+        served from the cache are not charged)."""
+        billed_prompt = usage.prompt_tokens - usage.cached_tokens
+        cost = (billed_prompt * self.usd_per_mtok_in + usage.completion_tokens * self.usd_per_mtok_out) / 1e6
         if self.usd_per_hour is not None:
-            cost += seconds * self.usd_per_hour / 3600.0
+            cost += usage.seconds * self.usd_per_hour / 3600.0
         return cost
 
     @classmethod
