@@ -5,6 +5,7 @@ escalated only when needed, every call accounted.
 is imported until a model is first used.
 """
 
+from agentkit.corpus import Corpus, Passage
 from agentkit.data import compare_fields, normalize_text, read_jsonl, split_of, split_records
 from agentkit.engine import Capabilities, Constraint, Engine, Generation, Scores, Usage
 from agentkit.errors import (
@@ -22,6 +23,7 @@ from agentkit.task import Answer, Task
 from agentkit.tasks.classify import Classify
 from agentkit.tasks.cleanse import Cleanse
 from agentkit.tasks.extract import Extract
+from agentkit.tasks.grounded import GroundedAnswer, GroundedReply
 from agentkit.tier import Tier
 
 __version__ = "0.1.0"
@@ -36,13 +38,17 @@ __all__ = [
     "Cleanse",
     "ConfigError",
     "Constraint",
+    "Corpus",
     "Engine",
     "EngineError",
     "Extract",
     "Generation",
+    "GroundedAnswer",
+    "GroundedReply",
     "InputError",
     "ModelUnavailableError",
     "Node",
+    "Passage",
     "Policy",
     "Result",
     "Scores",

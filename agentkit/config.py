@@ -24,7 +24,7 @@ from agentkit.node import Node
 from agentkit.policy import Policy
 from agentkit.tier import Tier
 
-TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile")
+TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k")
 """Task attributes a config file may set (those that can change after the task is built)."""
 
 _POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}

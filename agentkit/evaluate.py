@@ -65,10 +65,12 @@ class CascadeOutcome:
     cost_usd: float
     seconds: float
     escalated: bool
+    abstained: bool = False
 
 
-def cascade(row: Sequence[TierAnswer], policy: Policy) -> CascadeOutcome:
-    """What a node with ``policy`` over these tiers would have returned (same rules as ``Node.run``)."""
+def cascade(row: Sequence[TierAnswer], policy: Policy, abstention: Any = None) -> CascadeOutcome:
+    """What a node with ``policy`` over these tiers would have returned (same rules as ``Node.run``);
+    ``abstention`` is the value of an abstained outcome (``when_unsure="abstain"``)."""
     cost = seconds = 0.0
     best: tuple[float, int] | None = None
     for t, a in enumerate(row):
@@ -83,6 +85,8 @@ def cascade(row: Sequence[TierAnswer], policy: Policy) -> CascadeOutcome:
             best = (a.confidence, t)
     if best is not None and policy.when_unsure == "best":
         return CascadeOutcome(row[best[1]].value, best[1], cost, seconds, len(row) > 1)
+    if policy.when_unsure == "abstain":
+        return CascadeOutcome(abstention, None, cost, seconds, len(row) > 1, abstained=True)
     return CascadeOutcome(None, None, cost, seconds, len(row) > 1)
 
 
@@ -102,6 +106,7 @@ def summarize(
     correct: Callable[[Any, int], bool],
     policy: Policy,
     thresholds: Sequence[float],
+    abstention: Any = None,
 ) -> dict[str, Any]:
     """Accuracy (95% interval), cost and time per item for each tier alone and the cascade at
     each threshold. ``correct(value, item_index)`` judges one answer."""
@@ -122,16 +127,55 @@ def summarize(
         )
     for th in thresholds:
         p = replace(policy, threshold=th)
-        outcomes = [cascade(row, p) for row in table]
-        k = sum(bool(o.tier is not None and correct(o.value, i)) for i, o in enumerate(outcomes))
+        outcomes = [cascade(row, p, abstention) for row in table]
+        k = sum(bool((o.tier is not None or o.abstained) and correct(o.value, i)) for i, o in enumerate(outcomes))
         out["cascade"].append(
             {
                 "threshold": th,
                 "acc": k / n,
                 "ci95": wilson(k, n),
                 "escalation_rate": sum(o.escalated for o in outcomes) / n,
+                "answered_by": [sum(o.tier == t for o in outcomes) / n for t in range(len(table[0]))],
                 "cost_per_item": sum(o.cost_usd for o in outcomes) / n,
                 "s_per_item": sum(o.seconds for o in outcomes) / n,
             }
         )
     return out
+
+
+# ---- grounded answering (SQuAD 2.0 conventions) --------------------------------------
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's answer normalization: lower case, no punctuation, no articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Token-overlap F1 between two answers (SQuAD's official definition)."""
+    from collections import Counter
+
+    p, g = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def grounded_scores(answer: str | None, golds: Sequence[str]) -> tuple[float, float]:
+    """(exact match, F1) of one prediction, SQuAD 2.0 style: ``answer=None`` is an abstention,
+    right (1, 1) when there is no gold answer and wrong (0, 0) otherwise."""
+    if not golds:
+        return (1.0, 1.0) if answer is None else (0.0, 0.0)
+    if answer is None:
+        return (0.0, 0.0)
+    em = max(float(squad_normalize(answer) == squad_normalize(g)) for g in golds)
+    return em, max(squad_f1(answer, g) for g in golds)

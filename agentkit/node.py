@@ -80,7 +80,9 @@ class Node:
             raise ValueError("a node needs at least one tier")
         self.task = task
         self.tiers = [Tier.parse(t) for t in tiers]
-        self.policy = policy or Policy()
+        self.policy = policy or task.default_policy()
+        if self.policy.when_unsure == "abstain":
+            task.abstention("")  # a task that cannot abstain says so now, not mid-batch
         self.name = name or task.kind
         self.input = input
         self.output = output or self.name
@@ -124,6 +126,9 @@ class Node:
             best = max(candidates, key=lambda c: c[0])[1]
             return self._accept(result, best, "below_threshold")
         result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
+        if self.policy.when_unsure == "abstain":
+            result.ok, result.accepted = True, "abstained"
+            result.value = self.task.abstention(result.reason)
         return self._finish(result)
 
     def _accept(self, result: Result, attempt: Attempt, how: str) -> Result:

@@ -16,9 +16,10 @@ class Policy:
     """Extra tries of the same tier after a transient (retryable) engine error."""
     retry_wait_s: float = 0.5
     """First back-off between retries (exponential, jittered, capped at 8 s)."""
-    when_unsure: Literal["best", "fail"] = "best"
+    when_unsure: Literal["best", "fail", "abstain"] = "best"
     """When no tier clears ``threshold``: ``"best"`` returns the most confident valid answer
-    (marked ``accepted="below_threshold"``), ``"fail"`` returns a failure result."""
+    (marked ``accepted="below_threshold"``), ``"fail"`` returns a failure result, ``"abstain"``
+    returns the task's abstention (e.g. "not in the corpus", ``accepted="abstained"``)."""
     on_failure: Literal["return", "raise"] = "return"
     """``"return"``: a failure comes back as a :class:`~agentkit.result.Result` with ``ok=False``;
     ``"raise"``: :class:`~agentkit.errors.TaskFailed` is raised (it carries the result)."""

