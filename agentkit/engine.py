@@ -17,9 +17,10 @@ Message = dict[str, str]
 class Constraint:
     """What the output must match. Hashable, so an engine compiles each one once."""
 
-    kind: Literal["json", "choice", "regex", "text"]
+    kind: Literal["json", "choice", "regex", "span", "text"]
     spec: str = ""
-    """JSON Schema text for ``json``, the regex for ``regex``, a JSON list for ``choice``."""
+    """JSON Schema text for ``json``, the regex for ``regex``, a JSON list for ``choice``,
+    ``{"source", "lead", "stops"}`` JSON for ``span``."""
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any]) -> Constraint:
@@ -36,6 +37,24 @@ class Constraint:
     @classmethod
     def regex(cls, pattern: str) -> Constraint:
         return cls("regex", pattern)
+
+    @classmethod
+    def span(cls, source: str, *, lead: str = "", stops: list[str] | None = None) -> Constraint:
+        """Output is one of ``stops`` exactly, or ``lead`` followed by a contiguous piece of
+        ``source`` (token for token, as the engine tokenizes it): extractive answers that cannot
+        be invented. Engines without it fall back to :meth:`span_regex`."""
+        import json
+
+        return cls("span", json.dumps({"source": source, "lead": lead, "stops": list(stops or [])}))
+
+    def span_regex(self) -> Constraint:
+        """A looser regex for engines that cannot constrain to a span: ``stops`` or ``lead`` + one line."""
+        import json
+        import re
+
+        spec = json.loads(self.spec)
+        options = [re.escape(s) for s in spec["stops"]] + [re.escape(spec["lead"]) + r"[^\n]{1,300}"]
+        return Constraint.regex("(" + "|".join(options) + ")")
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,8 @@ class Generation:
     offsets: list[int] = field(default_factory=list)
     """Character offset in ``text`` where each generated token starts."""
     usage: Usage = field(default_factory=Usage)
+    stop_prob: float | None = None
+    """Probability of the end-of-reply token where the reply stopped (under the constraint)."""
 
 
 @dataclass

@@ -251,7 +251,19 @@ class LlamaCppEngine:
         if constraint.kind == "text":
             return None
         proc = self._processors.get(constraint)
-        if proc is None:
+        if proc is None and constraint.kind == "span":
+            import json
+
+            spec = json.loads(constraint.spec)
+            end = {int(self._llm.token_eos()), *self._tokenize(self._end_of_turn(), first=False)}
+            proc = SpanProcessor(
+                self._tokenize(spec["source"], first=False),
+                lead=self._tokenize(spec["lead"], first=False) if spec["lead"] else [],
+                stops=[self._tokenize(x, first=False) for x in spec["stops"]],
+                end=sorted(end),
+            )
+            self._processors[constraint] = proc
+        elif proc is None:
             try:
                 import outlines
                 from outlines.backends.outlines_core import OutlinesCoreBackend
@@ -299,6 +311,7 @@ class LlamaCppEngine:
             out: list[int] = []
             probs: list[float] = []
             finish: str = "length"
+            stop_prob: float | None = None
             for _ in range(max_tokens):
                 if proc is not None:
                     ids = np.asarray(tokens + out, dtype=np.int64)
@@ -312,7 +325,7 @@ class LlamaCppEngine:
                     raise EngineError("constraint allows no token")
                 p = 1.0 / float(np.exp(logits - top).sum())
                 if self._is_end(tok):
-                    finish = "stop"
+                    finish, stop_prob = "stop", p
                     break
                 out.append(tok)
                 probs.append(p)
@@ -335,8 +348,9 @@ class LlamaCppEngine:
                 token_probs=probs,
                 tokens=out,
                 offsets=offsets,
-                usage=usage,  # type: ignore[arg-type]
-            )  # type: ignore[arg-type]
+                usage=usage,
+                stop_prob=stop_prob,
+            )
 
     def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
         """Log-probability that the assistant's reply is exactly each continuation
@@ -390,3 +404,58 @@ class LlamaCppEngine:
                 self._backend = None
                 self._formatters.clear()
                 self._eot = None
+
+
+class SpanProcessor:
+    """Logits mask for :meth:`Constraint.span`: one of ``stops`` exactly, or ``lead`` then a
+    contiguous run of the source's tokens, then an end token. Same interface as Outlines'
+    processors (``reset()``, ``__call__(ids, logits)``); the state is read from ``ids``."""
+
+    def __init__(self, source: list[int], *, lead: list[int], stops: list[list[int]], end: list[int]) -> None:
+        if not source:
+            raise ValueError("span constraint over an empty source")
+        self.source, self.lead, self.stops, self.end = source, lead, [s for s in stops if s], end
+        self._positions: dict[int, list[int]] = {}
+        for i, tok in enumerate(source):
+            self._positions.setdefault(tok, []).append(i)
+        self._starts = sorted(self._positions)
+        self._prompt: int | None = None
+
+    def reset(self) -> None:
+        self._prompt = None
+
+    def allowed(self, out: list[int]) -> list[int]:
+        """Token ids allowed after ``out`` (the tokens generated so far)."""
+        allowed: set[int] = set()
+        for stop in self.stops:
+            if out == stop:
+                allowed.update(self.end)
+            elif len(out) < len(stop) and stop[: len(out)] == out:
+                allowed.add(stop[len(out)])
+        n = len(self.lead)
+        if len(out) < n:
+            if self.lead[: len(out)] == out:
+                allowed.add(self.lead[len(out)])
+            return sorted(allowed)
+        if out[:n] != self.lead:
+            return sorted(allowed)
+        span = out[n:]
+        if not span:
+            allowed.update(self._starts)
+            return sorted(allowed)
+        m = len(span)
+        for p in self._positions.get(span[0], []):
+            if self.source[p : p + m] == span:
+                if p + m < len(self.source):
+                    allowed.add(self.source[p + m])
+                allowed.update(self.end)
+        return sorted(allowed)
+
+    def __call__(self, ids: Any, logits: Any) -> Any:
+        if self._prompt is None:
+            self._prompt = len(ids)
+        allowed = self.allowed([int(t) for t in ids[self._prompt :]])
+        masked = np.full_like(logits, -np.inf)
+        if allowed:
+            masked[allowed] = logits[allowed]
+        return masked

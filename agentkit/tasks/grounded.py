@@ -5,9 +5,10 @@ Two ways to ask, picked by what the tier can do:
 * **per passage** (engines with token probabilities, e.g. llama.cpp): each retrieved passage
   sits alone in the system prompt, a fixed prefix the engine keeps in its KV cache, so a
   question costs only its own tokens per passage. Passages are asked in retrieval order; the
-  reply is constrained to ``no`` or ``yes: <answer>``, the first passage answered ``yes`` is
-  cited, and the answer must be a span of it. Confidence: the probability of ``yes`` (of ``no``
-  for every passage, when abstaining) and the answer tokens' probabilities.
+  reply is constrained to ``no`` or ``yes:`` and a span of the passage's own tokens
+  (:meth:`Constraint.span`), and the first passage answered ``yes`` is cited. Confidence, as in
+  extractive QA, is the product of the three decisions that make the answer: ``yes`` (vs ``no``),
+  where the span starts, and where it ends; when abstaining, the lowest probability of ``no``.
 * **joint** (engines without scoring, e.g. an API): the passages numbered 1..k in one prompt,
   JSON out — ``answerable``, ``citations`` (positions 1..k, a fixed choice built once per node)
   and ``answer`` — then the same checks.
@@ -80,6 +81,7 @@ class GroundedAnswer(Task):
         max_answer_tokens: int = 32,
         quantile: float = 0.1,
         mode: Literal["auto", "per_passage", "joint"] = "auto",
+        extractive: bool = True,
     ) -> None:
         """
         Args:
@@ -88,6 +90,8 @@ class GroundedAnswer(Task):
             max_answer_tokens: longer answers are cut and count as invalid.
             quantile: the answer's confidence is this low quantile of its tokens' probabilities.
             mode: ``auto`` = per passage where the engine gives token probabilities, joint otherwise.
+            extractive: per passage, constrain the answer to a span of the passage's tokens
+                (:meth:`Constraint.span`); ``False``: any one line, checked afterwards.
         """
         if k < 1:
             raise ValueError("k must be at least 1")
@@ -97,7 +101,8 @@ class GroundedAnswer(Task):
         self.max_answer_tokens = max_answer_tokens
         self.quantile = quantile
         self.mode = mode
-        self._reply_constraint = Constraint.regex(r"(no|yes: [^\n]{1,300})")
+        self.extractive = extractive
+        self._line_constraint = Constraint.regex(r"(no|yes: [^\n]{1,300})")
         self._joint_constraint = Constraint.json_schema(_joint_schema(k))
 
     def default_policy(self) -> Policy:
@@ -118,6 +123,12 @@ class GroundedAnswer(Task):
         title = f" ({passage.title})" if passage.title else ""
         return f"{self.instructions}\n\nPassage{title}:\n{passage.text}"
 
+    def reply_constraint(self, passage: Passage) -> Constraint:
+        """``no``, or ``yes:`` and then a span of ``passage`` (or any one line if not extractive)."""
+        if not self.extractive:
+            return self._line_constraint
+        return Constraint.span(passage.text, lead="yes:", stops=["no"])
+
     def _messages(self, passage: Passage, question: str) -> list[Message]:
         return [{"role": "system", "content": self.system_prompt(passage)}, {"role": "user", "content": question}]
 
@@ -136,7 +147,10 @@ class GroundedAnswer(Task):
         p_yes: list[float] = []
         for passage in hits:
             gen = engine.generate(
-                self._messages(passage, question), self._reply_constraint, max_tokens=self.max_answer_tokens, prefix=1
+                self._messages(passage, question),
+                self.reply_constraint(passage),
+                max_tokens=self.max_answer_tokens,
+                prefix=1,
             )
             usage = _add(usage, gen.usage)
             says_yes = gen.text.startswith("yes")
@@ -146,20 +160,26 @@ class GroundedAnswer(Task):
                 continue
             answer = gen.text[len("yes:") :].strip()
             problems = self._check(answer, gen.finish_reason, passage)
-            conf = self._token_conf(gen.token_probs[1:]) if caps.token_probs else None
+            conf = self._span_confidence(gen, p_yes[-1]) if caps.token_probs else None
             reply = GroundedReply(answerable=True, answer=answer, citations=[passage.id], retrieved=retrieved)
             return Answer(
                 value=reply.model_dump(),
                 raw=gen.text,
-                confidence=None if conf is None else min(conf, p_yes[-1]),
-                method=f"p-yes+token-probs:q{int(self.quantile * 100)}",
+                confidence=conf,
+                method="p-yes*p-start*p-end",
                 usage=usage,
                 problems=problems,
-                details={"p_yes": [round(x, 4) for x in p_yes], "answer_confidence": conf},
+                details={"p_yes": [round(x, 4) for x in p_yes]},
             )
         reply = GroundedReply(answerable=False, retrieved=retrieved)
         conf = min(1.0 - x for x in p_yes) if caps.token_probs else None
         return Answer(reply.model_dump(), "no", conf, "p-no", usage, details={"p_yes": [round(x, 4) for x in p_yes]})
+
+    @staticmethod
+    def _span_confidence(gen: Any, p_yes: float) -> float:
+        """P(yes) × P(first answer token) × P(stopping where it stopped)."""
+        start = next((p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if off >= len("yes:")), 0.0)
+        return p_yes * start * (gen.stop_prob if gen.stop_prob is not None else 1.0)
 
     def _token_conf(self, probs: list[float]) -> float:
         if not probs:
@@ -224,6 +244,7 @@ class GroundedAnswer(Task):
             "max_answer_tokens": self.max_answer_tokens,
             "quantile": self.quantile,
             "mode": self.mode,
+            "extractive": self.extractive,
             "corpus": {"passages": len(self.corpus), "path": str(self.corpus.path) if self.corpus.path else None},
         }
 

@@ -1,0 +1,33 @@
+"""An invoice: who issued it, its number and date, the currency and the amounts."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pydantic
+
+
+class LineItem(pydantic.BaseModel):
+    """One billed line."""
+
+    description: str = pydantic.Field(description="What was billed, as printed")
+    quantity: Decimal | None = pydantic.Field(None, description="Units billed, if printed")
+    unit_price: Decimal | None = pydantic.Field(None, description="Price per unit, if printed")
+    amount: Decimal = pydantic.Field(description="Line total as a decimal number, no currency sign")
+
+
+class Invoice(pydantic.BaseModel):
+    """Key fields of an invoice, normalized: ISO 8601 date, ISO 4217 currency, decimal amounts."""
+
+    issuer: str = pydantic.Field(description="Company that issued the invoice, as printed")
+    invoice_number: str = pydantic.Field(description="The invoice's own number or id, as printed")
+    issue_date: date = pydantic.Field(description="Date the invoice was issued, ISO 8601 (YYYY-MM-DD)")
+    currency: str = pydantic.Field(
+        description="ISO 4217 code of the invoice currency (EUR, USD, INR, ...)", pattern=r"^[A-Z]{3}$"
+    )
+    total: Decimal = pydantic.Field(description="Amount due including tax, a decimal number with no currency sign")
+    subtotal: Decimal | None = pydantic.Field(None, description="Amount before tax, if printed")
+    tax: Decimal | None = pydantic.Field(None, description="Tax amount, if printed")
+    buyer: str | None = pydantic.Field(None, description="Name of the customer billed, if printed")
+    line_items: list[LineItem] = pydantic.Field(default_factory=list, description="Billed lines, if listed")
