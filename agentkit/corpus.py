@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agentkit.errors import ConfigError, InputError
+from agentkit.retrieval import Retrieval, cached_embeddings, fuse
 
 FORMAT = 1
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
@@ -140,7 +143,12 @@ class Corpus:
     """Passages and their BM25 index. ``path`` (optional) is where it is saved and reloaded."""
 
     def __init__(
-        self, *, max_chars: int = 1200, path: str | Path | None = None, stemmer: str | None = "english"
+        self,
+        *,
+        max_chars: int = 1200,
+        path: str | Path | None = None,
+        stemmer: str | None = "english",
+        retrieval: Retrieval = "bm25",
     ) -> None:
         """
         Args:
@@ -148,7 +156,12 @@ class Corpus:
             path: folder the corpus is saved to (and reloaded from with :meth:`load`).
             stemmer: Snowball stemmer language for BM25 terms (PyStemmer), ``None`` for none.
                 On SQuAD 2.0 questions it lifts recall@2 of the gold paragraph from 0.86 to 0.90.
+            retrieval: ``bm25``, ``dense`` (MiniLM embeddings, ``agentkit[dense]``) or ``hybrid``
+                (both, rank-fused); embeddings are saved with the index.
         """
+        if retrieval not in ("bm25", "dense", "hybrid"):
+            raise ConfigError(f"unknown retrieval {retrieval!r}", hint="bm25, dense or hybrid")
+        self.retrieval = retrieval
         self.max_chars = max_chars
         self.stemmer = stemmer
         self.path = Path(path).expanduser() if path else None
@@ -156,15 +169,21 @@ class Corpus:
         self._docs: dict[str, str] = {}  # doc_id -> digest of its text
         self._retriever: Any = None
         self._stem: Any = None
+        self._vectors: np.ndarray | None = None
 
     # ---- building ------------------------------------------------------------------
 
     @classmethod
     def build(
-        cls, sources: str | Path | Sequence[str | Path], *, path: str | Path | None = None, max_chars: int = 1200
+        cls,
+        sources: str | Path | Sequence[str | Path],
+        *,
+        path: str | Path | None = None,
+        **options: Any,
     ) -> Corpus:
-        """Read, split and index documents from files/folders; saved to ``path`` if given."""
-        corpus = cls(max_chars=max_chars, path=path)
+        """Read, split and index documents from files/folders; saved to ``path`` if given.
+        ``options`` are the constructor's (``max_chars``, ``stemmer``, ``retrieval``)."""
+        corpus = cls(path=path, **options)
         corpus.add_paths([sources] if isinstance(sources, (str, Path)) else sources)
         return corpus
 
@@ -213,6 +232,8 @@ class Corpus:
         self._retriever = bm25s.BM25()
         texts = [f"{p.title}\n{p.text}" if p.title else p.text for p in self.passages]
         self._retriever.index(self._tokenize(texts), show_progress=False)
+        if self.retrieval != "bm25":
+            self._vectors = cached_embeddings(texts)
 
     # ---- persistence ---------------------------------------------------------------
 
@@ -225,7 +246,15 @@ class Corpus:
             for p in self.passages:
                 fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
         self._retriever.save(str(target / "bm25"))
-        manifest = {"format": FORMAT, "max_chars": self.max_chars, "stemmer": self.stemmer, "documents": self._docs}
+        if self._vectors is not None:
+            np.save(target / "vectors.npy", self._vectors)
+        manifest = {
+            "format": FORMAT,
+            "max_chars": self.max_chars,
+            "stemmer": self.stemmer,
+            "retrieval": self.retrieval,
+            "documents": self._docs,
+        }
         (target / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
         self.path = target
         return target
@@ -242,11 +271,18 @@ class Corpus:
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format") != FORMAT:
             raise ConfigError(f"{path}: corpus format {manifest.get('format')}, this version reads {FORMAT}")
-        corpus = cls(max_chars=int(manifest["max_chars"]), path=path, stemmer=manifest.get("stemmer"))
+        corpus = cls(
+            max_chars=int(manifest["max_chars"]),
+            path=path,
+            stemmer=manifest.get("stemmer"),
+            retrieval=manifest.get("retrieval", "bm25"),
+        )
         corpus._docs = dict(manifest["documents"])
         with (path / "passages.jsonl").open(encoding="utf-8") as fh:
             corpus.passages = [Passage(**json.loads(line)) for line in fh if line.strip()]
         corpus._retriever = bm25s.BM25.load(str(path / "bm25"))
+        if corpus.retrieval != "bm25":
+            corpus._vectors = np.load(path / "vectors.npy")
         return corpus
 
     # ---- searching -----------------------------------------------------------------
@@ -261,13 +297,27 @@ class Corpus:
         raise KeyError(passage_id)
 
     def search(self, query: str, k: int) -> list[tuple[Passage, float]]:
-        """The ``k`` best passages for ``query`` with their BM25 scores, best first
-        (passages sharing no term with the query are left out)."""
+        """The ``k`` best passages for ``query`` with their scores, best first. BM25 leaves out
+        passages sharing no term with the query; dense and hybrid rank every passage."""
         if self._retriever is None:
             raise InputError("the corpus is empty")
         k = min(k, len(self.passages))
+        lexical = self._bm25(query, k if self.retrieval == "bm25" else min(len(self.passages), max(2 * k, 20)))
+        if self.retrieval == "bm25":
+            return [(self.passages[i], s) for i, s in lexical]
+        from agentkit.embeddings import default_embedder
+
+        assert self._vectors is not None
+        sims = self._vectors @ default_embedder().embed([query])[0]
+        dense = [int(i) for i in np.argsort(-sims)[: max(2 * k, 20)]]
+        if self.retrieval == "dense":
+            return [(self.passages[i], float(sims[i])) for i in dense[:k]]
+        ids = fuse([dense, [i for i, _ in lexical]], k)
+        return [(self.passages[i], float(sims[i])) for i in ids]
+
+    def _bm25(self, query: str, k: int) -> list[tuple[int, float]]:
         tokens = self._tokenize([query])
         if not tokens.ids or not tokens.ids[0]:
             return []
         docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [(self.passages[int(i)], float(s)) for i, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        return [(int(i), float(s)) for i, s in zip(docs[0], scores[0], strict=True) if s > 0]

@@ -1,45 +1,107 @@
-"""BM25 retrieval of labelled examples (bm25s), for few-shot prompts."""
+"""Retrieval of labelled examples for few-shot prompts and kNN votes: BM25 (bm25s), dense
+(all-MiniLM-L6-v2 in NumPy, ``agentkit[dense]``) or both fused by reciprocal rank."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from agentkit.errors import ConfigError
+
+Retrieval = Literal["bm25", "dense", "hybrid"]
+RRF_K = 60
+"""Reciprocal-rank-fusion constant (Cormack et al. 2009)."""
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-class ExampleIndex:
-    """Labelled examples (``{"input": ..., "expected": ...}``) searchable by BM25."""
+def cached_embeddings(texts: Sequence[str]) -> np.ndarray:
+    """Embeddings of ``texts`` with the default embedder, cached on disk by content hash
+    (``$AGENTKIT_CACHE/embeddings``), so a pool is embedded once per machine, not per process."""
+    from agentkit.embedded import cache_dir
+    from agentkit.embeddings import default_embedder
 
-    def __init__(self, examples: Sequence[Mapping[str, Any]]) -> None:
-        try:
-            import bm25s
-        except ImportError as e:  # pragma: no cover - core dependency
-            raise ConfigError("bm25s is not installed", hint="pip install bm25s") from e
+    digest = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:24]
+    path = cache_dir() / "embeddings" / f"minilm-{digest}.npy"
+    if path.is_file():
+        vectors = np.load(path)
+        if vectors.shape == (len(texts), 384):
+            return vectors
+    vectors = default_embedder().embed(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
+
+
+def fuse(rankings: Sequence[Sequence[int]], k: int) -> list[int]:
+    """Reciprocal rank fusion of several rankings (lists of ids, best first); the top ``k``."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, i in enumerate(ranking):
+            scores[i] = scores.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
+    return sorted(scores, key=lambda i: -scores[i])[:k]
+
+
+class ExampleIndex:
+    """Labelled examples (``{"input": ..., "expected": ...}``), searchable by similarity."""
+
+    def __init__(self, examples: Sequence[Mapping[str, Any]], *, retrieval: Retrieval = "bm25") -> None:
+        """``retrieval``: ``bm25`` (lexical), ``dense`` (MiniLM cosine) or ``hybrid`` (both, fused)."""
+        if retrieval not in ("bm25", "dense", "hybrid"):
+            raise ConfigError(f"unknown retrieval {retrieval!r}", hint="bm25, dense or hybrid")
         self.examples = [dict(e) for e in examples]
         if not self.examples:
             raise ConfigError("example pool is empty")
         for e in self.examples:
             if "input" not in e or "expected" not in e:
                 raise ConfigError("each example needs 'input' and 'expected'")
+        self.retrieval = retrieval
         corpus = [_text(e["input"]) for e in self.examples]
-        self._bm25s = bm25s
-        self._retriever = bm25s.BM25()
-        self._retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        self._retriever: Any = None
+        self._vectors: np.ndarray | None = None
+        if retrieval != "dense":
+            import bm25s
+
+            self._bm25s = bm25s
+            self._retriever = bm25s.BM25()
+            self._retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        if retrieval != "bm25":
+            self._vectors = cached_embeddings(corpus)
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def _bm25(self, query: str, k: int) -> list[int]:
+        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
+        docs, _ = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return [int(i) for i in docs[0]]
+
+    def _dense(self, query: str, k: int) -> list[int]:
+        from agentkit.embeddings import default_embedder
+
+        assert self._vectors is not None
+        sims = self._vectors @ default_embedder().embed([query])[0]
+        top = np.argpartition(-sims, k - 1)[:k]
+        return [int(i) for i in top[np.argsort(-sims[top])]]
 
     def search(self, query: str, k: int) -> list[dict[str, Any]]:
         """The ``k`` most similar examples, most similar first."""
         k = min(k, len(self.examples))
         if k <= 0:
             return []
-        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
-        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [self.examples[int(i)] for i, s in zip(docs[0], scores[0], strict=True)]
+        if self.retrieval == "bm25":
+            ids = self._bm25(query, k)
+        elif self.retrieval == "dense":
+            ids = self._dense(query, k)
+        else:
+            depth = min(len(self.examples), max(2 * k, 20))
+            ids = fuse([self._dense(query, depth), self._bm25(query, depth)], k)
+        return [self.examples[i] for i in ids]

@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=None, help="cap on the example pool")
     p.add_argument("--verbalize", default="", help="label=word pairs (ask=yes,not_ask=no), or 'spaces' (a_b -> a b)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
+    p.add_argument("--retrieval", default="bm25", choices=["bm25", "dense", "hybrid"])
     p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
     args = p.parse_args()
 
@@ -68,6 +69,7 @@ def main() -> None:
         verbalizer=verbalizer(args.verbalize, labels),
         calibrate=args.calibrate,
         vote_k=args.knn or 4,
+        retrieval=args.retrieval,
     )
     tiers = [Tier(s) for s in (["knn"] if args.knn else []) + args.tiers.split(",")]
     t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def main() -> None:
     ]
     print(
         f"\n{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
-        f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn},"
+        f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn}, retrieval={args.retrieval},"
         f" labels={len(labels)}"
     )
     print_table(rows, ["config", "accuracy [95% CI]", "invalid", "escalated", "µ$/item", "s/item"])

@@ -10,7 +10,7 @@ from typing import Any
 
 from agentkit.engine import Constraint, Engine, Message, Usage
 from agentkit.errors import ConfigError
-from agentkit.retrieval import ExampleIndex
+from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
 
 
@@ -44,6 +44,7 @@ class Classify(Task):
         verbalizer: Mapping[str, str] | None = None,
         calibrate: bool = False,
         vote_k: int = 4,
+        retrieval: Retrieval = "bm25",
         seed: int = 0,
     ) -> None:
         """
@@ -61,6 +62,8 @@ class Classify(Task):
             calibrate: divide each label's probability by its probability for a content-free
                 input (contextual calibration, Zhao et al. 2021).
             vote_k: neighbours that vote on a ``knn`` tier.
+            retrieval: how examples are found: ``bm25``, ``dense`` (MiniLM, ``agentkit[dense]``)
+                or ``hybrid`` (both, rank-fused).
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
@@ -89,7 +92,7 @@ class Classify(Task):
             unknown = {str(e["expected"]) for e in examples} - set(self.labels)
             if unknown:
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
-            self.index = ExampleIndex(examples)
+            self.index = ExampleIndex(examples, retrieval=retrieval)
             self.static = _static_examples(examples, static_per_label, seed)
         self._constraint = Constraint.choice(list(self.verbalizer.values()))
         self._fixed: list[Message] | None = None
@@ -235,6 +238,7 @@ class Classify(Task):
             "verbalizer": self.verbalizer,
             "calibrate": self.calibrate,
             "vote_k": self.vote_k,
+            "retrieval": self.index.retrieval if self.index else None,
             "examples": len(self.index) if self.index else 0,
         }
 
