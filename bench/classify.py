@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from _common import DATASETS, Progress, emit, fmt_ci, parser, print_table
 
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--verbalize", default="", help="label=word pairs (ask=yes,not_ask=no), or 'spaces' (a_b -> a b)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     p.add_argument("--retrieval", default="bm25", choices=["bm25", "dense", "hybrid"])
+    p.add_argument("--save", type=Path, default=None, help="write every tier's answer per item (JSONL)")
     p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
     args = p.parse_args()
 
@@ -75,6 +77,11 @@ def main() -> None:
     t0 = time.perf_counter()
     table = answer_all(task, tiers, [r["input"] for r in items], on_item=Progress(len(items), args.data.parent.name))
     wall = time.perf_counter() - t0
+    if args.save:
+        with args.save.open("w") as fh:
+            for item, row in zip(items, table, strict=True):
+                answers = [{"tier": t.name, **vars(a)} for t, a in zip(tiers, row, strict=True)]
+                fh.write(json.dumps({"input": item["input"], "expected": item["expected"], "answers": answers}) + "\n")
 
     def correct(value: object, i: int) -> bool:
         return value == items[i]["expected"]

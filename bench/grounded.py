@@ -10,9 +10,12 @@ an abstention is right on an unanswerable question and wrong on an answerable on
 
 from __future__ import annotations
 
+import itertools
+import json
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from _common import DATASETS, Progress, emit, parser, print_table
 
@@ -60,6 +63,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(SQUAD / "corpus.jsonl"), help="documents (file or folder)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--mode", default="auto", choices=["auto", "per_passage", "joint"])
+    p.add_argument("--save", type=Path, default=None, help="write every tier's answer per question (JSONL)")
     p.set_defaults(limit=208)
     args = p.parse_args()
 
@@ -79,6 +83,11 @@ def main() -> None:
     t0 = time.perf_counter()
     table = answer_all(task, tiers, [it["input"] for it in items], on_item=Progress(len(items), "grounded"))
     wall = time.perf_counter() - t0
+    if args.save:
+        with args.save.open("w") as fh:
+            for item, row in zip(items, table, strict=True):
+                answers = [{"tier": t.name, **vars(a)} for t, a in zip(tiers, row, strict=True)]
+                fh.write(json.dumps({"id": item.get("id"), "input": item["input"], "answers": answers}) + "\n")
 
     rows, results = [], {}
     for t, tier in enumerate(tiers):  # each tier alone: its answer, or an abstention when invalid
@@ -87,8 +96,11 @@ def main() -> None:
         m |= {"s_per_q": sum(r[t].seconds for r in table) / len(table), "escalation_rate": 0.0}
         m["cost"] = sum(r[t].cost_usd for r in table) / len(table)
         results[tier.name] = m
-    for th in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
-        outs = [cascade(row, replace(policy, threshold=th), abstention) for row in table]
+    ladders = {"cascade": list(range(len(tiers)))}
+    if len(tiers) > 1:  # each tier alone under the same abstain-when-unsure rule, for comparison
+        ladders |= {f"{tier.name} alone": [t] for t, tier in enumerate(tiers)}
+    for (label, ladder), th in itertools.product(ladders.items(), (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)):
+        outs = [cascade([row[t] for t in ladder], replace(policy, threshold=th), abstention) for row in table]
         m = metrics([o.value for o in outs], items)
         m |= {
             "s_per_q": sum(o.seconds for o in outs) / len(outs),
@@ -96,7 +108,7 @@ def main() -> None:
             "cost": sum(o.cost_usd for o in outs) / len(outs),
             "small_share": sum(o.tier == 0 for o in outs) / len(outs),
         }
-        results[f"cascade@{th}"] = m
+        results[f"{label}@{th}"] = m
     for name, m in results.items():
         rows.append(
             [
@@ -118,7 +130,7 @@ def main() -> None:
     )
     head = ["config", "EM", "F1", "F1 all", "abstain acc", "abstain prec", "escalated", "µ$/q", "s/q"]
     print_table(rows, head)
-    cascades = {k: v for k, v in results.items() if k.startswith("cascade")}
+    cascades = {k: v for k, v in results.items() if k.startswith("cascade@")}
     # headline: the threshold with the best balance of answering (F1 on answerable questions) and
     # abstaining (share of unanswerable ones abstained on); always abstaining scores 50 at most
     best = max(cascades, key=lambda k: (cascades[k]["f1"] + 100 * cascades[k]["abstain_acc"], -cascades[k]["cost"]))

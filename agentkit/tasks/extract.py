@@ -11,7 +11,7 @@ import pydantic
 from agentkit.data import candidates
 from agentkit.engine import Constraint, Engine, Generation, Message
 from agentkit.errors import ConfigError
-from agentkit.retrieval import ExampleIndex
+from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
 
 Validator = Callable[[Any, str], "str | None"]
@@ -70,6 +70,7 @@ class Extract(Task):
         max_tokens: int = 512,
         quantile: float = 0.1,
         verbatim: Mapping[str, str] | None = None,
+        retrieval: Retrieval = "bm25",
     ) -> None:
         """
         Args:
@@ -77,6 +78,7 @@ class Extract(Task):
                 (``{"total": "amount", "date": "date"}``): for each input the JSON Schema of those
                 fields is narrowed to an ``enum`` of the candidates found in the text, so the model
                 picks one and cannot invent a value. With no candidate the field stays free.
+            retrieval: how examples are found (``bm25``, ``dense``, ``hybrid``).
         """
         self.schema = schema
         self.verbatim = dict(verbatim or {})
@@ -88,7 +90,7 @@ class Extract(Task):
         self.validators = list(validators)
         self.max_tokens = max_tokens
         self.quantile = quantile
-        self.index = ExampleIndex(examples) if examples else None
+        self.index = ExampleIndex(examples, retrieval=retrieval) if examples else None
         self._json_schema = schema.model_json_schema()
         self._constraint = Constraint.json_schema(self._json_schema)
 
