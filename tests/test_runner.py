@@ -1,0 +1,130 @@
+"""`agentkit run`: inputs of every kind, failure records, resuming after a real SIGKILL.
+
+The target is a real Classify node on the ``knn`` tier (no model: a BM25 vote) inside a real
+LangGraph graph, with a deliberate pause per item so that a run can be killed mid-batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentkit.runner import Item, completed_ids, iter_inputs, load_target, run_batch
+
+WORKFLOW = """
+import time
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+from agentkit import Classify, Node
+
+EXAMPLES = [
+    {"input": "WINNER claim your free prize now", "expected": "spam"},
+    {"input": "free prize, text CLAIM to 80086 now", "expected": "spam"},
+    {"input": "are we still on for lunch tomorrow", "expected": "ham"},
+    {"input": "I will call you after the meeting", "expected": "ham"},
+]
+node = Node(Classify(["ham", "spam"], examples=EXAMPLES, vote_k=2), ["knn"], input="input", output="label")
+
+class State(TypedDict, total=False):
+    input: object
+    source: str
+    label: str | None
+    output: dict
+    ok: bool
+
+def pause(state):
+    time.sleep(float(__import__("os").environ.get("PAUSE_S", "0")))
+    return {}
+
+def report(state):
+    return {"output": {"label": state.get("label")}, "ok": state.get("label") is not None}
+
+g = StateGraph(State)
+g.add_node("pause", pause)
+g.add_node("classify", node)
+g.add_node("report", report)
+g.add_edge(START, "pause")
+g.add_edge("pause", "classify")
+g.add_edge("classify", "report")
+g.add_edge("report", END)
+graph = g.compile()
+"""
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    path = tmp_path / "flow.py"
+    path.write_text(WORKFLOW)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    path = tmp_path / "inbox.jsonl"
+    texts = ["claim your free prize", "lunch tomorrow?", "call me after the meeting", "free entry, text now"] * 5
+    with path.open("w") as fh:
+        for i, t in enumerate(texts):
+            fh.write(json.dumps({"id": f"m{i:02d}", "input": t}) + "\n")
+        fh.write("{not json\n")
+        fh.write(json.dumps({"id": "empty", "input": "   "}) + "\n")
+    return path
+
+
+def test_every_input_ends_as_a_result_or_a_failure_record(workflow, inputs, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("WINNER claim your prize")
+    (folder / "b.bin").write_bytes(b"\x00\xff\x00binary")
+    items = list(iter_inputs([str(inputs), str(folder), str(tmp_path / "missing.txt")]))
+    node = load_target(f"{workflow}:node")
+    out = tmp_path / "out.jsonl"
+    summary = run_batch(node, items, out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == len(items) == 20 + 2 + 2 + 1
+    by_id = {r["id"]: r for r in records}
+    assert by_id["m00"]["ok"] and by_id["m00"]["value"] == "spam" and by_id["m00"]["tier"] == "knn"
+    assert not by_id["empty"]["ok"] and "empty" in by_id["empty"]["reason"]
+    assert not by_id[f"{inputs}:21"]["ok"] and "not JSON" in by_id[f"{inputs}:21"]["reason"]
+    assert not by_id[str(folder / "b.bin")]["ok"] and "binary" in by_id[str(folder / "b.bin")]["reason"]
+    assert "no such file" in by_id[str(tmp_path / "missing.txt")]["reason"]
+    assert summary.figures()["failed"] == 4
+
+
+def test_a_graph_target_reports_its_output_and_node_costs(workflow, tmp_path):
+    graph = load_target(f"{workflow}:graph")
+    summary = run_batch(graph, [Item("x", "free prize claim now")], tmp_path / "o.jsonl")
+    (record,) = summary.records
+    assert record["ok"] and record["value"] == {"label": "spam"}
+    assert record["nodes"][0]["node"] == "classify" and record["nodes"][0]["tier"] == "knn"
+
+
+def test_a_torn_last_line_is_dropped_and_redone(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"id": "a", "ok": true}\n{"id": "b", "o')
+    assert completed_ids(out) == {"a"}
+    assert out.read_text() == '{"id": "a", "ok": true}\n'
+
+
+def test_sigkill_mid_batch_then_resume_loses_nothing_and_repeats_nothing(workflow, inputs, tmp_path):
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "agentkit.cli", "run", f"{workflow}:graph", str(inputs), "--out", str(out)]
+    env = {**os.environ, "PAUSE_S": "0.15"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = out.read_text().count("\n")
+    assert 5 <= first < 22, "the run was not killed mid-batch"
+    again = subprocess.run(cmd, env={**env, "PAUSE_S": "0"}, capture_output=True, text=True)
+    assert again.returncode == 1  # the bad lines are failures; every input was still processed
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 22
+    assert "resumed" in again.stderr
