@@ -1,6 +1,5 @@
 """The ``agentkit`` command line (installed with the ``cli`` extra)."""
 
-
 import sys
 from pathlib import Path
 from typing import Annotated

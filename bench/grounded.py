@@ -63,6 +63,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(SQUAD / "corpus.jsonl"), help="documents (file or folder)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--mode", default="auto", choices=["auto", "per_passage", "joint"])
+    p.add_argument("--verify", action="store_true", help="check each extracted answer with a yes/no question")
     p.add_argument("--save", type=Path, default=None, help="write every tier's answer per question (JSONL)")
     p.set_defaults(limit=208)
     args = p.parse_args()
@@ -76,7 +77,7 @@ def main() -> None:
     recall = sum(
         any(h.doc_id == it["gold_doc_id"] for h, _ in corpus.search(it["input"], args.k)) for it in items
     ) / len(items)
-    task = GroundedAnswer(corpus, k=args.k, mode=args.mode)
+    task = GroundedAnswer(corpus, k=args.k, mode=args.mode, verify=args.verify)
     tiers = [Tier(s) for s in args.tiers.split(",")]
     policy = task.default_policy()
     abstention = task.abstention("")
@@ -126,7 +127,8 @@ def main() -> None:
     n_unans = sum(not it["expected"]["answerable"] for it in items)
     print(
         f"\n{args.data} — n={len(items)} ({n_unans} unanswerable), corpus={len(corpus)} passages"
-        f" (indexed in {index_s:.1f} s), k={args.k}, mode={args.mode}, recall@{args.k}={recall:.3f}"
+        f" (indexed in {index_s:.1f} s), k={args.k}, mode={args.mode}, verify={args.verify},"
+        f" recall@{args.k}={recall:.3f}"
     )
     head = ["config", "EM", "F1", "F1 all", "abstain acc", "abstain prec", "escalated", "µ$/q", "s/q"]
     print_table(rows, head)
@@ -141,6 +143,7 @@ def main() -> None:
             "data": str(args.data),
             "n": len(items),
             "k": args.k,
+            "verify": args.verify,
             "recall_at_k": round(recall, 4),
             "config": best,
             "balanced": round((pick["f1"] + 100 * pick["abstain_acc"]) / 2, 2),

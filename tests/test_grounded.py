@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agentkit import Corpus, GroundedAnswer, GroundedReply, Node, Tier
+from agentkit import Corpus, GroundedAnswer, GroundedReply, Node, Policy, Tier
 from agentkit.tasks.grounded import supported
 
 pytestmark = pytest.mark.slow
@@ -32,21 +32,28 @@ def corpus(datasets, tmp_path_factory):
 @pytest.fixture(scope="module")
 def node(corpus, small, large):
     tiers = [Tier(spec="test:small", name="small", engine=small), Tier(spec="test:large", name="large", engine=large)]
-    return Node(GroundedAnswer(corpus, k=2), tiers)
+    return Node(GroundedAnswer(corpus, k=2, verify=True), tiers, Policy(threshold=0.5, when_unsure="abstain"))
 
 
 def test_answerable_question_is_answered_with_a_correct_citation(node):
-    result = node.run("In what country is Normandy located?")
+    result = node.run("What century did the Normans first gain their separate identity?")  # SQuAD 2.0 dev
     assert result.ok and result.accepted != "abstained", result.reason
-    assert result.value["answerable"] and "france" in result.value["answer"].lower()
+    assert result.value["answerable"] and "10th century" in result.value["answer"]
     assert result.value["citations"] == ["Normans_00#0"]
     assert result.confidence is not None and 0 < result.confidence <= 1
 
 
 def test_question_the_corpus_cannot_answer_is_abstained_on(node):
-    result = node.run("What is the boiling point of water on Mars?")
+    result = node.run("How many people live in Normandy today?")  # retrieves Normandy passages; none says
+    assert result.value["retrieved"], "the question shares terms with the corpus: the models decide"
     assert result.ok and result.value["answerable"] is False and result.value["answer"] is None
     assert result.value["citations"] == []
+
+
+def test_question_sharing_no_term_abstains_without_asking_a_model(node):
+    result = node.run("What is the boiling point of water on Mars?")
+    assert result.ok and result.value == {"answerable": False, "answer": None, "citations": [], "retrieved": []}
+    assert result.attempts[0].prompt_tokens == 0
 
 
 def test_instructions_inside_documents_do_not_change_format_or_citations(node, corpus):

@@ -63,3 +63,15 @@ def test_real_model_output_is_a_span_of_the_source(small):
     assert gen.finish_reason == "stop"
     assert gen.text == "no" or (gen.text.startswith("yes:") and gen.text[4:].strip() in source)
     assert all(0 < p <= 1 for p in gen.token_probs)
+
+
+def test_spans_start_and_end_at_word_boundaries():
+    from agentkit.backends.llamacpp import SpanProcessor, word_boundaries
+
+    pieces = [" in", " the", " 10", "th", " century"]
+    boundaries = word_boundaries(pieces)
+    assert boundaries == [True, True, True, False, True, True]
+    p = SpanProcessor([1, 2, 3, 4, 5], lead=[], stops=[], end=END, boundaries=boundaries)
+    assert 4 not in p.allowed([])  # "th" cannot start a span
+    assert p.allowed([3]) == [4]  # "10" must go on to "10th": no end after a piece of a word
+    assert p.allowed([3, 4]) == [0, 5]

@@ -256,11 +256,14 @@ class LlamaCppEngine:
 
             spec = json.loads(constraint.spec)
             end = {int(self._llm.token_eos()), *self._tokenize(self._end_of_turn(), first=False)}
+            source = self._tokenize(spec["source"], first=False)
+            pieces = [self._llm.detokenize([t], special=False).decode("utf-8", errors="ignore") for t in source]
             proc = SpanProcessor(
-                self._tokenize(spec["source"], first=False),
+                source,
                 lead=self._tokenize(spec["lead"], first=False) if spec["lead"] else [],
                 stops=[self._tokenize(x, first=False) for x in spec["stops"]],
                 end=sorted(end),
+                boundaries=word_boundaries(pieces),
             )
             self._processors[constraint] = proc
         elif proc is None:
@@ -406,19 +409,45 @@ class LlamaCppEngine:
                 self._eot = None
 
 
+def word_boundaries(pieces: list[str]) -> list[bool]:
+    """For token texts ``pieces``: whether a word boundary lies before each token (and at the end)."""
+
+    def word_char(c: str) -> bool:
+        return c.isalnum() or c in "_'"
+
+    out = [True]
+    for prev, cur in zip(pieces, pieces[1:], strict=False):
+        out.append(not (prev and cur and word_char(prev[-1]) and word_char(cur[0])))
+    out.append(True)
+    return out[: len(pieces) + 1]
+
+
 class SpanProcessor:
     """Logits mask for :meth:`Constraint.span`: one of ``stops`` exactly, or ``lead`` then a
     contiguous run of the source's tokens, then an end token. Same interface as Outlines'
     processors (``reset()``, ``__call__(ids, logits)``); the state is read from ``ids``."""
 
-    def __init__(self, source: list[int], *, lead: list[int], stops: list[list[int]], end: list[int]) -> None:
+    def __init__(
+        self,
+        source: list[int],
+        *,
+        lead: list[int],
+        stops: list[list[int]],
+        end: list[int],
+        boundaries: list[bool] | None = None,
+    ) -> None:
+        """``boundaries[i]``: a word boundary lies before source token ``i`` (``len(source) + 1``
+        entries); a span starts and ends only at boundaries, so "10" cannot be cut from "10th"."""
         if not source:
             raise ValueError("span constraint over an empty source")
         self.source, self.lead, self.stops, self.end = source, lead, [s for s in stops if s], end
+        self.boundaries = boundaries or [True] * (len(source) + 1)
+        if len(self.boundaries) != len(source) + 1:
+            raise ValueError("boundaries needs one entry per source token, plus one")
         self._positions: dict[int, list[int]] = {}
         for i, tok in enumerate(source):
             self._positions.setdefault(tok, []).append(i)
-        self._starts = sorted(self._positions)
+        self._starts = sorted({t for i, t in enumerate(source) if self.boundaries[i]})
         self._prompt: int | None = None
 
     def reset(self) -> None:
@@ -445,10 +474,11 @@ class SpanProcessor:
             return sorted(allowed)
         m = len(span)
         for p in self._positions.get(span[0], []):
-            if self.source[p : p + m] == span:
+            if self.boundaries[p] and self.source[p : p + m] == span:
                 if p + m < len(self.source):
                     allowed.add(self.source[p + m])
-                allowed.update(self.end)
+                if self.boundaries[p + m]:
+                    allowed.update(self.end)
         return sorted(allowed)
 
     def __call__(self, ids: Any, logits: Any) -> Any:

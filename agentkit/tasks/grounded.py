@@ -21,6 +21,7 @@ the node's default policy, when no tier is confident the node abstains.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 import pydantic
@@ -82,6 +83,7 @@ class GroundedAnswer(Task):
         quantile: float = 0.1,
         mode: Literal["auto", "per_passage", "joint"] = "auto",
         extractive: bool = True,
+        verify: bool = False,
     ) -> None:
         """
         Args:
@@ -90,6 +92,8 @@ class GroundedAnswer(Task):
             max_answer_tokens: longer answers are cut and count as invalid.
             quantile: the answer's confidence is this low quantile of its tokens' probabilities.
             mode: ``auto`` = per passage where the engine gives token probabilities, joint otherwise.
+            verify: after extracting an answer, ask the same tier whether the passage states it
+                (yes/no scored and normalized); confidence is the lower of the two.
             extractive: per passage, constrain the answer to a span of the passage's tokens
                 (:meth:`Constraint.span`); ``False``: any one line, checked afterwards.
         """
@@ -102,6 +106,7 @@ class GroundedAnswer(Task):
         self.quantile = quantile
         self.mode = mode
         self.extractive = extractive
+        self.verify = verify
         self._line_constraint = Constraint.regex(r"(no|yes: [^\n]{1,300})")
         self._joint_constraint = Constraint.json_schema(_joint_schema(k))
 
@@ -161,19 +166,30 @@ class GroundedAnswer(Task):
             answer = gen.text[len("yes:") :].strip()
             problems = self._check(answer, gen.finish_reason, passage)
             conf = self._span_confidence(gen, p_yes[-1]) if caps.token_probs else None
+            details: dict[str, Any] = {"p_yes": [round(x, 4) for x in p_yes], "span_confidence": conf}
+            method = "p-yes*p-start*p-end"
+            if self.verify and caps.scoring and answer and not problems:
+                p_ok, used = self._verify(engine, passage, question, answer)
+                usage = _add(usage, used)
+                details["p_verified"] = round(p_ok, 4)
+                conf = p_ok if conf is None else min(conf, p_ok)
+                method += "+verified"
             reply = GroundedReply(answerable=True, answer=answer, citations=[passage.id], retrieved=retrieved)
-            return Answer(
-                value=reply.model_dump(),
-                raw=gen.text,
-                confidence=conf,
-                method="p-yes*p-start*p-end",
-                usage=usage,
-                problems=problems,
-                details={"p_yes": [round(x, 4) for x in p_yes]},
-            )
+            return Answer(reply.model_dump(), gen.text, conf, method, usage, problems, details)
         reply = GroundedReply(answerable=False, retrieved=retrieved)
         conf = min(1.0 - x for x in p_yes) if caps.token_probs else None
         return Answer(reply.model_dump(), "no", conf, "p-no", usage, details={"p_yes": [round(x, 4) for x in p_yes]})
+
+    def _verify(self, engine: Engine, passage: Passage, question: str, answer: str) -> tuple[float, Usage]:
+        """P(yes) vs P(no), normalized, that ``answer`` answers ``question`` by the passage."""
+        msgs = self._messages(
+            passage,
+            f"Question: {question}\nProposed answer: {answer}\n"
+            "Does the passage state that this is the answer to the question? Reply yes or no.",
+        )
+        scored = engine.score(msgs, ["yes", "no"], prefix=1)
+        yes, no = scored.logprobs
+        return 1.0 / (1.0 + math.exp(no - yes)), scored.usage
 
     @staticmethod
     def _span_confidence(gen: Any, p_yes: float) -> float:
@@ -245,6 +261,7 @@ class GroundedAnswer(Task):
             "quantile": self.quantile,
             "mode": self.mode,
             "extractive": self.extractive,
+            "verify": self.verify,
             "corpus": {"passages": len(self.corpus), "path": str(self.corpus.path) if self.corpus.path else None},
         }
 
