@@ -41,15 +41,23 @@ def field_spans(text: str) -> dict[str, tuple[int, int]]:
     return spans
 
 
+def low_quantile(probs: list[float], quantile: float) -> float:
+    """The ``quantile``-th smallest of ``probs`` (0.0 when there are none)."""
+    if not probs:
+        return 0.0
+    ranked = sorted(probs)
+    return ranked[min(len(ranked) - 1, int(quantile * len(ranked)))]
+
+
 def field_confidence(gen: Generation, quantile: float = 0.1) -> dict[str, float]:
     """Per field: a low quantile of its value tokens' probabilities (under the constraint)."""
     if not gen.token_probs or not gen.offsets:
         return {}
     out: dict[str, float] = {}
     for name, (start, end) in field_spans(gen.text).items():
-        probs = sorted(p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if start <= off < end)
+        probs = [p for p, off in zip(gen.token_probs, gen.offsets, strict=False) if start <= off < end]
         if probs:
-            out[name] = probs[min(len(probs) - 1, int(quantile * len(probs)))]
+            out[name] = low_quantile(probs, quantile)
     return out
 
 

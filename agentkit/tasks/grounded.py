@@ -32,6 +32,7 @@ from agentkit.engine import Constraint, Engine, Message, Usage
 from agentkit.errors import InputError
 from agentkit.policy import Policy
 from agentkit.task import Answer, Task
+from agentkit.tasks.extract import low_quantile
 
 INSTRUCTIONS = (
     "You answer questions using only the passage below. If the passage states the answer, reply"
@@ -198,10 +199,7 @@ class GroundedAnswer(Task):
         return p_yes * start * (gen.stop_prob if gen.stop_prob is not None else 1.0)
 
     def _token_conf(self, probs: list[float]) -> float:
-        if not probs:
-            return 0.0
-        ranked = sorted(probs)
-        return ranked[min(len(ranked) - 1, int(self.quantile * len(ranked)))]
+        return low_quantile(probs, self.quantile)
 
     def _check(self, answer: str, finish_reason: str, *passages: Passage) -> list[str]:
         problems = []
