@@ -295,3 +295,17 @@ def test_question_sharing_no_term_with_the_corpus_abstains_without_a_model_call(
     result = Node(GroundedAnswer(tiny_corpus), [fake_tier("small", engine)]).run("Quelle heure est-il à Tokyo?")
     assert result.ok and result.value["answerable"] is False and result.confidence == 1.0
     assert not engine.calls
+
+
+def test_field_spans_stop_at_output_cut_inside_a_key():
+    from agentkit.tasks.extract import field_spans
+
+    assert field_spans('{"company": "A B", "da') == {"company": (12, 17)}
+
+
+def test_a_verbatim_pick_outside_the_candidates_is_a_problem():
+    # the engine may drop the constraint (llama-cpp-python swallows processor errors): checked after parsing
+    engine = FakeEngine(replies=['{"company": "A", "date": "01/02/2019", "address": "X", "total": "99.99"}'])
+    task = Extract(Receipt, verbatim={"total": "amount"})
+    answer = task.answer(engine, "A\nX\n01/02/2019\nTOTAL 12.50")
+    assert any("total '99.99' is not one of its 1 candidates" in p for p in answer.problems)

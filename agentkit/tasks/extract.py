@@ -17,6 +17,9 @@ from agentkit.task import Answer, Task
 Validator = Callable[[Any, str], "str | None"]
 """``(value, source_text) -> problem or None``: a node-level rule, e.g. the total occurs in the text."""
 
+CandidateFinder = Callable[[str], list[str]]
+"""``source_text -> candidate values`` for a verbatim field."""
+
 
 def field_spans(text: str) -> dict[str, tuple[int, int]]:
     """Character span of each top-level field's value in a JSON object text."""
@@ -29,7 +32,10 @@ def field_spans(text: str) -> dict[str, tuple[int, int]]:
             i += 1
         if i >= n or text[i] != '"':
             break
-        key, i = decoder.raw_decode(text, i)
+        try:
+            key, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:  # output cut inside a key
+            break
         while i < n and text[i] in " \t\r\n:":
             i += 1
         try:
@@ -77,15 +83,19 @@ class Extract(Task):
         validators: Sequence[Validator] = (),
         max_tokens: int = 512,
         quantile: float = 0.1,
-        verbatim: Mapping[str, str] | None = None,
+        verbatim: Mapping[str, str | CandidateFinder] | None = None,
         retrieval: Retrieval = "bm25",
     ) -> None:
         """
         Args:
             verbatim: fields whose value must be copied from the text, with the kind of value
-                (``{"total": "amount", "date": "date"}``): for each input the JSON Schema of those
-                fields is narrowed to an ``enum`` of the candidates found in the text, so the model
-                picks one and cannot invent a value. With no candidate the field stays free.
+                (``{"total": "amount", "date": "date"}``, see :func:`agentkit.data.candidates`) or
+                a function ``text -> candidates``: for each input the JSON Schema of those fields is
+                narrowed to an ``enum`` of the candidates, so the model picks one and cannot invent
+                a value (the pick is checked after parsing too). With no candidate the field stays
+                free. Keep candidate lists short: the grammar is compiled per input, and its cost
+                grows with the total length of the candidates (dozens of multi-line address
+                candidates took minutes per receipt with Outlines' index on 2 cores).
             retrieval: how examples are found (``bm25``, ``dense``, ``hybrid``).
         """
         self.schema = schema
@@ -135,20 +145,30 @@ class Extract(Task):
                 problems.append(problem)
         return model, problems
 
+    def verbatim_candidates(self, text: str) -> dict[str, list[str]]:
+        """Per verbatim field, the values it may take for ``text`` (fields with none are left out)."""
+        out: dict[str, list[str]] = {}
+        for name, kind in self.verbatim.items():
+            found = kind(text) if callable(kind) else candidates(kind, text)
+            if found:
+                out[name] = list(dict.fromkeys(found))
+        return out
+
     def constraint_for(self, text: str) -> Constraint:
         """The node's constraint, narrowed for ``text`` when there are verbatim fields."""
-        if not self.verbatim:
+        return self._narrowed(self.verbatim_candidates(text))
+
+    def _narrowed(self, choices: Mapping[str, list[str]]) -> Constraint:
+        if not choices:
             return self._constraint
         schema = json.loads(json.dumps(self._json_schema))
-        for name, kind in self.verbatim.items():
-            found = candidates(kind, text)
-            if found:
-                schema["properties"][name] = {"type": "string", "enum": found}
+        for name, found in choices.items():
+            schema["properties"][name] = {"type": "string", "enum": found}
         return Constraint.json_schema(schema)
 
     def answer(self, engine: Engine, text: str) -> Answer:
-        constraint = self.constraint_for(text)
-        gen = engine.generate(self.messages(text), constraint, max_tokens=self.max_tokens, prefix=1)
+        choices = self.verbatim_candidates(text)
+        gen = engine.generate(self.messages(text), self._narrowed(choices), max_tokens=self.max_tokens, prefix=1)
         problems: list[str] = []
         if gen.finish_reason == "length":
             problems.append(f"output cut at the token limit ({self.max_tokens})")
@@ -156,6 +176,11 @@ class Extract(Task):
             problems.append("runaway whitespace in output")
         model, parse_problems = self.parse(gen.text, text)
         problems += parse_problems
+        if model is not None:  # the constraint may have been dropped by the engine: check, never trust
+            for name, allowed in choices.items():
+                picked = str(getattr(model, name, None))
+                if picked not in allowed:
+                    problems.append(f"{name} {picked!r} is not one of its {len(allowed)} candidates")
         fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
         conf = min(fields.values()) if fields else (None if not engine.capabilities.token_probs else 0.0)
         return Answer(
@@ -176,6 +201,6 @@ class Extract(Task):
             "k": self.k,
             "validators": [getattr(v, "__name__", repr(v)) for v in self.validators],
             "max_tokens": self.max_tokens,
-            "verbatim": self.verbatim,
+            "verbatim": {k: getattr(v, "__name__", repr(v)) if callable(v) else v for k, v in self.verbatim.items()},
             "examples": len(self.index) if self.index else 0,
         }
