@@ -20,13 +20,13 @@ models: setup
 	$(VENV)/bin/agentkit models --assemble
 
 example: models
-	$(PY) examples/sms_triage.py
+	$(VENV)/bin/agentkit run invoice examples/invoices --out runs/invoices.jsonl
 
 test: models
 	$(PY) -m pytest -q -m "not gpu"
 
 lint: setup
-	$(VENV)/bin/ruff check agentkit tests bench examples schemas
+	$(VENV)/bin/ruff check agentkit tests bench examples schemas workflows
 
 clean:
 	rm -rf $(VENV)

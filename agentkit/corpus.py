@@ -123,16 +123,9 @@ def _jsonl_documents(path: Path) -> list[dict[str, str]]:
 
 
 def _pdf_text(path: Path) -> str:
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-    except ImportError as e:
-        raise ConfigError("reading PDF needs pypdf", hint="pip install 'agentkit[pdf]'") from e
-    try:
-        reader = PdfReader(str(path))
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable PDF: {e}") from None
+    from agentkit.documents import pdf_text
+
+    return pdf_text(path.read_bytes(), name=str(path)).replace("\n\f\n", "\n\n")
 
 
 def _digest(text: str) -> str:

@@ -7,6 +7,7 @@ never appears among the examples retrieved for its own prompt, and exact duplica
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -181,6 +182,26 @@ _DATE_TOKEN = re.compile(
     r"|\b\d{1,2}(?:st|nd|rd|th)?[\s\-/.]*[A-Za-z]{3,9}\.?[\s\-/.,]*\d{2,4}\b"
     r"|\b[A-Za-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}\b"
 )
+
+
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def occurs_in(value: str, text: str, *, min_ratio: float = 0.9) -> bool:
+    """Whether ``value`` occurs in ``text`` up to case, spacing, punctuation and OCR noise: at least
+    ``min_ratio`` of its letters and digits match, in order, a stretch of the text's."""
+    a, b = _NOT_WORD.sub("", value.casefold()), _NOT_WORD.sub("", text.casefold())
+    if not a:
+        return False
+    if a in b:
+        return True
+    # align on the longest common run, then count matches only in the window it implies
+    longest = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+    slack = len(a) // 10 + 2
+    start = max(0, longest.b - longest.a - slack)
+    window = b[start : longest.b - longest.a + len(a) + slack]
+    matched = sum(m.size for m in difflib.SequenceMatcher(None, a, window, autojunk=False).get_matching_blocks())
+    return matched >= min_ratio * len(a)
 
 
 def candidates(kind: str, text: str) -> list[str]:

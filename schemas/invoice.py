@@ -21,7 +21,12 @@ class Invoice(pydantic.BaseModel):
     """Key fields of an invoice, normalized: ISO 8601 date, ISO 4217 currency, decimal amounts."""
 
     issuer: str = pydantic.Field(description="Company that issued the invoice, as printed")
-    invoice_number: str = pydantic.Field(description="The invoice's own number or id, as printed")
+    issuer_address: str | None = pydantic.Field(
+        None, description="The issuer's postal address, lines joined with spaces, if printed"
+    )
+    invoice_number: str | None = pydantic.Field(
+        None, description="The invoice's own number or id, as printed (receipts may have none)"
+    )
     issue_date: date = pydantic.Field(description="Date the invoice was issued, ISO 8601 (YYYY-MM-DD)")
     currency: str = pydantic.Field(
         description="ISO 4217 code of the invoice currency (EUR, USD, INR, ...)", pattern=r"^[A-Z]{3}$"

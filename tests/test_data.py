@@ -65,3 +65,13 @@ def test_sroie_gold_compares_with_normalization():
     assert all(v["normalized"] for v in result.values())
     assert not result["total"]["exact"] and not result["company"]["exact"]
     assert not values_match("amount", "9.01", "9.00")
+
+
+def test_occurs_in_tolerates_ocr_noise_but_not_another_name():
+    from agentkit.data import occurs_in
+
+    ocr = "TAN WOON YANN\nBOOK TA .K(TAMAN DAYA) SDN BND\n789417-W\nNO.53 55,57 & 59, JALAN SAGU 18,"
+    assert occurs_in("BOOK TA .K (TAMAN DAYA) SDN BHD", ocr)  # gold fixes the OCR's BND
+    assert occurs_in("no.53 55,57 & 59 jalan sagu 18", ocr)
+    assert not occurs_in("SYARIKAT PERNIAGAAN GIN KEE", ocr)
+    assert not occurs_in("", ocr)

@@ -73,6 +73,11 @@ def currency_code(text: str) -> str | None:
     return best[1] if best else None
 
 
+def currency_codes(text: str) -> set[str]:
+    """The ISO 4217 codes of every currency marker in ``text``."""
+    return {code for pattern, code in _CURRENCIES if pattern.search(text)}
+
+
 Rule = Callable[[str], str]
 
 DEFAULT_RULES: tuple[Rule, ...] = (clean_whitespace,)

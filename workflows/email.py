@@ -1,0 +1,169 @@
+"""Email workflow: an email (.eml with headers, MIME parts, HTML; or plain text) → cleanse (quoted
+replies, signatures, HTML stripped) → classify → route by conditional edges:
+
+- ``invoice`` → the invoice extraction node (on the attached PDF or text, else the body) → ``extracted``;
+- ``support_question`` → a grounded answer from the knowledge base in ``examples/kb`` → ``answered``
+  (or ``flagged`` when the knowledge base has no answer);
+- ``spam`` → ``dropped``, with its record;
+- ``action_request`` / ``other`` / an unsure classification → ``flagged`` for a human, with a one-line reason.
+
+The classifier's ladder starts with a ``knn`` tier (a vote of the 4 most similar labelled messages in
+``examples/data/emails_labelled.jsonl``; no model) and escalates to the 0.5B and 1.5B models, which
+score every label with the most similar labelled messages in the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from agentkit import Classify, Corpus, GroundedAnswer, Node, Policy, Tier, read_jsonl
+from agentkit.documents import Email, parse_email, strip_quoted, strip_signature
+from agentkit.errors import InputError
+from agentkit.tasks.cleanse import clean_whitespace
+from workflows.invoice import DEFAULT_TIERS, extraction_node
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CATEGORIES = {
+    "invoice": "an invoice, bill or receipt sent to be paid or filed",
+    "support_question": "a customer asking how something works or what to do with their account or card",
+    "action_request": "someone asking the reader to do something (send, review, call, attend, reply)",
+    "spam": "unsolicited advertising, prizes, scams",
+    "other": "anything else: chat, news, information with nothing asked",
+}
+
+
+class EmailState(TypedDict, total=False):
+    input: Any  # .eml bytes, a string, or {"text": ...}
+    source: str
+    email: dict[str, Any]
+    text: str
+    document: str
+    category: str | None
+    category_meta: dict[str, Any]
+    invoice: dict[str, Any] | None
+    invoice_meta: dict[str, Any]
+    answer: dict[str, Any] | None
+    answer_meta: dict[str, Any]
+    output: dict[str, Any] | None
+    ok: bool
+    status: str
+    reason: str
+
+
+def read_email(value: Any, name: str = "email") -> Email:
+    """Parse ``value`` and strip what a classifier should not read (quotes, signature, noise)."""
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        value = value["text"]
+    if not isinstance(value, (bytes, str)):
+        raise InputError(f"{name} must be an email (bytes or text), got {type(value).__name__}")
+    mail = parse_email(value, name=name)
+    mail.body = clean_whitespace(strip_signature(strip_quoted(mail.body)))
+    return mail
+
+
+def build(
+    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    *,
+    examples: str | Path = EXAMPLES,
+    threshold: float = 0.75,
+) -> Any:
+    """The compiled email graph. Building it indexes the labelled messages and the knowledge base
+    (BM25, in memory) and loads no model."""
+    examples = Path(examples)
+    pool = list(read_jsonl(examples / "data" / "emails_labelled.jsonl"))
+    classify = Node(
+        Classify(
+            CATEGORIES,
+            instructions="What kind of email is this? Route it.",
+            examples=pool,
+            k=4,
+            example_chars=400,
+        ),
+        ["knn", *tiers],
+        Policy(threshold=threshold),
+        name="classify_email",
+        input="text",
+        output="category",
+        meta="category_meta",
+    )
+    extract = extraction_node(tiers, input="document")
+    answer = Node(
+        GroundedAnswer(Corpus.build(examples / "kb"), k=2),
+        tiers,
+        name="answer",
+        input="question",
+        output="answer",
+        meta="answer_meta",
+    )
+
+    def read(state: EmailState) -> dict[str, Any]:
+        try:
+            mail = read_email(state.get("input"), str(state.get("source") or "email"))
+        except InputError as e:
+            return {"status": "failed", "ok": False, "reason": str(e), "output": None}
+        attached = next((t for t in mail.attachments.values() if t.strip()), "")
+        return {
+            "email": {"subject": mail.subject, "sender": mail.sender},
+            "text": mail.as_text(),
+            "question": mail.body or mail.subject,
+            "document": attached or mail.body,
+        }
+
+    def done(outcome: str, reason: str = "", **extra: Any) -> Any:
+        def finish(state: EmailState) -> dict[str, Any]:
+            why = reason or (state.get("category_meta") or {}).get("reason", "")
+            output = {"category": state.get("category") or "other", "outcome": outcome, "reason": why}
+            output |= state.get("email", {}) | {k: state.get(v) for k, v in extra.items()}
+            return {"output": output, "ok": True, "status": outcome, "reason": why}
+
+        return finish
+
+    def after_extract(state: EmailState) -> dict[str, Any]:
+        if state.get("invoice") is None:
+            why = (state.get("invoice_meta") or {}).get("reason", "")
+            return done("flagged", f"invoice not extracted: {why[:200]}", invoice="invoice")(state)
+        return done("extracted", invoice="invoice")(state)
+
+    def after_answer(state: EmailState) -> dict[str, Any]:
+        reply = state.get("answer") or {}
+        if not reply.get("answerable"):
+            why = (state.get("answer_meta") or {}).get("reason") or "no answer in the knowledge base"
+            return done("flagged", f"support question: {why[:200]}", answer="answer")(state)
+        return done("answered", answer="answer")(state)
+
+    def flag(state: EmailState) -> dict[str, Any]:
+        category = state.get("category")
+        if category is None:
+            why = "unsure what this is: " + (state.get("category_meta") or {}).get("reason", "")[:200]
+        else:
+            why = f"{category.replace('_', ' ')}: needs a person"
+        return done("flagged", why)(state)
+
+    g = StateGraph(EmailState)
+    g.add_node("read", read)
+    g.add_node("classify", classify)
+    g.add_node("extract", extract)
+    g.add_node("after_extract", after_extract)
+    g.add_node("answer", answer)
+    g.add_node("after_answer", after_answer)
+    g.add_node("drop", done("dropped", "spam"))
+    g.add_node("flag", flag)
+    g.add_edge(START, "read")
+    g.add_conditional_edges("read", lambda s: END if s.get("status") == "failed" else "classify")
+    g.add_conditional_edges(
+        "classify",
+        classify.route({"invoice": "extract", "support_question": "answer", "spam": "drop"}, default="flag"),
+    )
+    g.add_edge("extract", "after_extract")
+    g.add_edge("answer", "after_answer")
+    for last in ("after_extract", "after_answer", "drop", "flag"):
+        g.add_edge(last, END)
+    return g.compile()
+
+
+graph = build()
+"""The shipped email workflow (``agentkit run email``, ``langgraph.json``)."""

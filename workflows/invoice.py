@@ -1,0 +1,199 @@
+"""Invoice workflow: a document (PDF, text or OCR text) → cleanse → extract an :class:`Invoice` →
+business checks → a validated invoice, or a failure record with every reason.
+
+The business checks are the extraction node's validators, so an invoice that fails them is
+re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
+
+- the issuer is printed in the document (up to OCR noise);
+- the total is an amount printed in the document; so is the subtotal and the tax, if given;
+- the issue date is a date printed in the document (day-first or month-first);
+- subtotal + tax = total, and line items add up to the subtotal or the total;
+- the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …).
+
+The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
+the SROIE train split), so a vendor seen before is read the way it was labelled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from agentkit import Cleanse, Extract, Node, Policy, Tier, read_jsonl
+from agentkit.data import candidates, occurs_in, parse_amount, parse_date
+from agentkit.documents import document_text
+from agentkit.errors import InputError
+from agentkit.tasks.cleanse import currency_codes
+from schemas.invoice import Invoice
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data" / "receipts_labelled.jsonl"
+INSTRUCTIONS = (
+    "Extract the invoice's key fields from the document. Copy names, numbers and addresses as printed; "
+    "write the issue date as YYYY-MM-DD, amounts as plain decimals (no currency sign, no thousands "
+    "separator), the currency as its ISO 4217 code. Leave optional fields null when they are not printed "
+    "and line_items empty unless items are listed."
+)
+
+
+class InvoiceState(TypedDict, total=False):
+    input: Any  # bytes of a PDF or text file, a string, or {"text": ...}
+    source: str
+    text: str
+    invoice: dict[str, Any] | None
+    invoice_meta: dict[str, Any]
+    output: dict[str, Any] | None
+    ok: bool
+    status: str
+    reason: str
+
+
+# ---- business checks (validators: value, source text -> problem or None) ------------------
+
+
+def _amounts(text: str) -> set[Decimal]:
+    return {a for a in (parse_amount(c) for c in candidates("amount", text)) if a is not None}
+
+
+def printed_dates(text: str) -> set[date]:
+    """Dates printed in ``text``, both readings of an ambiguous numeric date (03/08 vs 08/03)."""
+    found: set[date] = set()
+    for c in candidates("date", re.sub(r"\s+,", ",", text)):
+        d = parse_date(c)
+        if d:
+            found.add(d)
+            if d.day <= 12:  # then the swapped reading is a valid date too
+                found.add(d.replace(day=d.month, month=d.day))
+    return found
+
+
+def amounts_printed(value: Invoice, text: str) -> str | None:
+    printed = _amounts(text)
+    for name in ("total", "subtotal", "tax"):
+        amount = getattr(value, name)
+        if amount is not None and amount not in printed and not (name == "tax" and amount == 0):
+            return f"{name} {amount} is not an amount printed in the document"
+    return None
+
+
+def date_printed(value: Invoice, text: str) -> str | None:
+    dates = printed_dates(text)
+    if dates and value.issue_date not in dates:
+        return f"issue date {value.issue_date} is not a date printed in the document"
+    return None
+
+
+def amounts_add_up(value: Invoice, text: str) -> str | None:
+    cent = Decimal("0.01")
+    if value.subtotal is not None and value.tax is not None and abs(value.subtotal + value.tax - value.total) > cent:
+        return f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
+    if value.line_items:
+        lines = sum((item.amount for item in value.line_items), Decimal(0))
+        if all(abs(lines - t) > cent for t in (value.subtotal, value.total) if t is not None):
+            return f"line items add up to {lines}, not to the subtotal or total"
+    return None
+
+
+def issuer_printed(value: Invoice, text: str) -> str | None:
+    if not occurs_in(value.issuer, text):
+        return f"issuer {value.issuer!r} is not printed in the document"
+    return None
+
+
+def currency_printed(value: Invoice, text: str) -> str | None:
+    codes = currency_codes(text)
+    if codes and value.currency not in codes:
+        return f"currency {value.currency} but the document shows {', '.join(sorted(codes))}"
+    return None
+
+
+CHECKS = (issuer_printed, amounts_printed, date_printed, amounts_add_up, currency_printed)
+
+
+# ---- the graph ----------------------------------------------------------------------------
+
+
+def _receipt_as_invoice(record: dict[str, Any]) -> dict[str, Any]:
+    """A labelled SROIE receipt as an invoice example (date as ISO, currency MYR)."""
+    gold = record["expected"]
+    day = parse_date(gold["date"])
+    expected = {
+        "issuer": gold["company"],
+        "issuer_address": gold["address"] or None,
+        "invoice_number": None,
+        "issue_date": day.isoformat() if day else None,
+        "currency": "MYR",
+        "total": gold["total"],
+    }
+    return {"input": record["input"], "expected": expected}
+
+
+DEFAULT_TIERS = ("embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b")
+
+
+def extraction_node(
+    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    *,
+    examples: str | Path | None = EXAMPLES,
+    k: int = 1,
+    threshold: float = 0.5,
+    input: Any = "text",
+) -> Node:
+    """The invoice extraction node (with the business checks), reading ``input`` from the state."""
+    if examples == EXAMPLES and not EXAMPLES.exists():  # installed without the repo's examples/
+        examples = None
+    pool = [_receipt_as_invoice(r) for r in read_jsonl(examples)] if examples else None
+    return Node(
+        Extract(Invoice, instructions=INSTRUCTIONS, examples=pool, k=k, validators=CHECKS, max_tokens=400),
+        tiers,
+        Policy(threshold=threshold),
+        name="extract_invoice",
+        input=input,
+        output="invoice",
+        meta="invoice_meta",
+    )
+
+
+def build(
+    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    *,
+    examples: str | Path | None = EXAMPLES,
+    k: int = 1,
+    threshold: float = 0.5,
+) -> Any:
+    """The compiled invoice graph. Building it loads no model (models load on first use)."""
+    cleanse = Node(Cleanse(), ["rules"], name="cleanse", input="text", output="text")
+    extract = extraction_node(tiers, examples=examples, k=k, threshold=threshold)
+
+    def read(state: InvoiceState) -> dict[str, Any]:
+        try:
+            return {"text": document_text(state.get("input"), name=str(state.get("source") or "input"))}
+        except InputError as e:
+            return {"text": "", "status": "failed", "ok": False, "reason": str(e), "output": None}
+
+    def finish(state: InvoiceState) -> dict[str, Any]:
+        meta = state.get("invoice_meta") or {}
+        if state.get("invoice") is not None:
+            return {"output": state["invoice"], "ok": True, "status": "extracted", "reason": ""}
+        return {"output": None, "ok": False, "status": "failed", "reason": meta.get("reason", "not extracted")}
+
+    g = StateGraph(InvoiceState)
+    g.add_node("read", read)
+    g.add_node("cleanse", cleanse)
+    g.add_node("extract", extract)
+    g.add_node("finish", finish)
+    g.add_edge(START, "read")
+    g.add_conditional_edges("read", lambda s: END if s.get("status") == "failed" else "cleanse")
+    g.add_edge("cleanse", "extract")
+    g.add_edge("extract", "finish")
+    g.add_edge("finish", END)
+    return g.compile()
+
+
+graph = build()
+"""The shipped invoice workflow (``agentkit run invoice``, ``langgraph.json``)."""
