@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from typing import Annotated
 
 import pydantic
+
+Amount = Annotated[
+    Decimal, pydantic.WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$"})
+]
+"""A decimal amount, written as a plain decimal string (``"1234.50"``: no sign, no separators)."""
 
 
 class LineItem(pydantic.BaseModel):
     """One billed line."""
 
     description: str = pydantic.Field(description="What was billed, as printed")
-    quantity: Decimal | None = pydantic.Field(None, description="Units billed, if printed")
-    unit_price: Decimal | None = pydantic.Field(None, description="Price per unit, if printed")
-    amount: Decimal = pydantic.Field(description="Line total as a decimal number, no currency sign")
+    quantity: Amount | None = pydantic.Field(None, description="Units billed, if printed")
+    unit_price: Amount | None = pydantic.Field(None, description="Price per unit, if printed")
+    amount: Amount = pydantic.Field(description="Line total as a decimal number, no currency sign")
 
 
 class Invoice(pydantic.BaseModel):
@@ -31,8 +37,8 @@ class Invoice(pydantic.BaseModel):
     currency: str = pydantic.Field(
         description="ISO 4217 code of the invoice currency (EUR, USD, INR, ...)", pattern=r"^[A-Z]{3}$"
     )
-    total: Decimal = pydantic.Field(description="Amount due including tax, a decimal number with no currency sign")
-    subtotal: Decimal | None = pydantic.Field(None, description="Amount before tax, if printed")
-    tax: Decimal | None = pydantic.Field(None, description="Tax amount, if printed")
+    total: Amount = pydantic.Field(description="Amount due including tax, a decimal number with no currency sign")
+    subtotal: Amount | None = pydantic.Field(None, description="Amount before tax, if printed")
+    tax: Amount | None = pydantic.Field(None, description="Tax amount, if printed")
     buyer: str | None = pydantic.Field(None, description="Name of the customer billed, if printed")
     line_items: list[LineItem] = pydantic.Field(default_factory=list, description="Billed lines, if listed")

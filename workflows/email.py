@@ -40,8 +40,9 @@ class EmailState(TypedDict, total=False):
     input: Any  # .eml bytes, a string, or {"text": ...}
     source: str
     email: dict[str, Any]
-    text: str
-    document: str
+    text: str  # what the classifier reads: subject, body, start of attachments
+    question: str  # what the knowledge base is asked: the body
+    document: str  # what the invoice extraction reads: the attachment, else the body
     category: str | None
     category_meta: dict[str, Any]
     invoice: dict[str, Any] | None
@@ -70,8 +71,10 @@ def build(
     *,
     examples: str | Path = EXAMPLES,
     threshold: float = 0.75,
+    answer_threshold: float = 0.4,
 ) -> Any:
-    """The compiled email graph. Building it indexes the labelled messages and the knowledge base
+    """The compiled email graph: ``threshold`` for the classifier, ``answer_threshold`` for grounded
+    answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it indexes the labelled messages and the knowledge base
     (BM25, in memory) and loads no model."""
     examples = Path(examples)
     pool = list(read_jsonl(examples / "data" / "emails_labelled.jsonl"))
@@ -94,6 +97,7 @@ def build(
     answer = Node(
         GroundedAnswer(Corpus.build(examples / "kb"), k=2),
         tiers,
+        Policy(threshold=answer_threshold, when_unsure="abstain"),
         name="answer",
         input="question",
         output="answer",
