@@ -74,8 +74,8 @@ def build(
     answer_threshold: float = 0.4,
 ) -> Any:
     """The compiled email graph: ``threshold`` for the classifier, ``answer_threshold`` for grounded
-    answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it indexes the labelled messages and the knowledge base
-    (BM25, in memory) and loads no model."""
+    answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it indexes
+    the labelled messages and the knowledge base (BM25, in memory) and loads no model."""
     examples = Path(examples)
     pool = list(read_jsonl(examples / "data" / "emails_labelled.jsonl"))
     classify = Node(
