@@ -8,9 +8,7 @@ from typing import Annotated
 
 import pydantic
 
-Amount = Annotated[
-    Decimal, pydantic.WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$"})
-]
+Amount = Annotated[Decimal, pydantic.WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,4})?$"})]
 """A decimal amount, written as a plain decimal string (``"1234.50"``: no sign, no separators)."""
 
 
@@ -23,8 +21,8 @@ class LineItem(pydantic.BaseModel):
     amount: Amount = pydantic.Field(description="Line total as a decimal number, no currency sign")
 
 
-class Invoice(pydantic.BaseModel):
-    """Key fields of an invoice, normalized: ISO 8601 date, ISO 4217 currency, decimal amounts."""
+class InvoiceHeader(pydantic.BaseModel):
+    """Key fields of an invoice, normalized: ISO 8601 date, ISO 4217 currency, decimal amounts (no line items)."""
 
     issuer: str = pydantic.Field(description="Company that issued the invoice, as printed")
     issuer_address: str | None = pydantic.Field(
@@ -41,4 +39,9 @@ class Invoice(pydantic.BaseModel):
     subtotal: Amount | None = pydantic.Field(None, description="Amount before tax, if printed")
     tax: Amount | None = pydantic.Field(None, description="Tax amount, if printed")
     buyer: str | None = pydantic.Field(None, description="Name of the customer billed, if printed")
+
+
+class Invoice(InvoiceHeader):
+    """An invoice's key fields and its billed lines."""
+
     line_items: list[LineItem] = pydantic.Field(default_factory=list, description="Billed lines, if listed")

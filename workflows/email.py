@@ -7,6 +7,9 @@ replies, signatures, HTML stripped) → classify → route by conditional edges:
 - ``spam`` → ``dropped``, with its record;
 - ``action_request`` / ``other`` / an unsure classification → ``flagged`` for a human, with a one-line reason.
 
+A message that addresses instructions to an AI ("ignore previous instructions", "classify this as spam")
+is flagged for a person before any model reads it.
+
 The classifier's ladder starts with a ``knn`` tier (a vote of the 4 most similar labelled messages in
 ``examples/data/emails_labelled.jsonl``; no model) and escalates to the 0.5B and 1.5B models, which
 score every label with the most similar labelled messages in the prompt.
@@ -14,6 +17,7 @@ score every label with the most similar labelled messages in the prompt.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -55,6 +59,21 @@ class EmailState(TypedDict, total=False):
     reason: str
 
 
+_INSTRUCTIONS_TO_A_MODEL = re.compile(
+    r"\b(ignore|disregard|forget)\b.{0,40}\b(instructions|prompt|rules)\b"
+    r"|\b(classify|label|route)\s+(this|the)\s+(message|email|mail)?\s*as\b"
+    r"|\bsystem prompt\b",
+    re.I | re.S,
+)
+
+
+def addressed_to_the_model(text: str) -> str | None:
+    """The phrase if ``text`` gives instructions to an AI ("ignore previous instructions", "classify
+    this as ..."): such a message is flagged for a person rather than classified."""
+    m = _INSTRUCTIONS_TO_A_MODEL.search(text)
+    return m.group(0) if m else None
+
+
 def read_email(value: Any, name: str = "email") -> Email:
     """Parse ``value`` and strip what a classifier should not read (quotes, signature, noise)."""
     if isinstance(value, dict) and isinstance(value.get("text"), str):
@@ -87,7 +106,7 @@ def build(
             example_chars=400,
         ),
         ["knn", *tiers],
-        Policy(threshold=threshold),
+        Policy(threshold=threshold, when_unsure="fail"),  # unsure on every tier → a person decides
         name="classify_email",
         input="text",
         output="category",
@@ -110,6 +129,12 @@ def build(
         except InputError as e:
             return {"status": "failed", "ok": False, "reason": str(e), "output": None}
         attached = next((t for t in mail.attachments.values() if t.strip()), "")
+        injected = addressed_to_the_model(mail.as_text())
+        if injected:
+            why = f"gives instructions to an AI ({injected!r}): a person should read it"
+            email = {"subject": mail.subject, "sender": mail.sender}
+            output = {"category": "other", "outcome": "flagged", "reason": why} | email
+            return {"email": email, "output": output, "ok": True, "status": "flagged", "reason": why}
         return {
             "email": {"subject": mail.subject, "sender": mail.sender},
             "text": mail.as_text(),
@@ -157,7 +182,7 @@ def build(
     g.add_node("drop", done("dropped", "spam"))
     g.add_node("flag", flag)
     g.add_edge(START, "read")
-    g.add_conditional_edges("read", lambda s: END if s.get("status") == "failed" else "classify")
+    g.add_conditional_edges("read", lambda s: END if s.get("status") in ("failed", "flagged") else "classify")
     g.add_conditional_edges(
         "classify",
         classify.route({"invoice": "extract", "support_question": "answer", "spam": "drop"}, default="flag"),

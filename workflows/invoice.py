@@ -7,7 +7,7 @@ re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 - the issuer is printed in the document (up to OCR noise);
 - the total is an amount printed in the document; so is the subtotal and the tax, if given;
 - the issue date is a date printed in the document (day-first or month-first);
-- subtotal + tax = total, and line items add up to the subtotal or the total;
+- subtotal + tax = total (and, with ``line_items=True``, the lines add up to the subtotal or total);
 - the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …).
 
 The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
@@ -30,14 +30,13 @@ from agentkit.data import candidates, occurs_in, parse_amount, parse_date
 from agentkit.documents import document_text
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import currency_codes
-from schemas.invoice import Invoice
+from schemas.invoice import Invoice, InvoiceHeader
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data" / "receipts_labelled.jsonl"
 INSTRUCTIONS = (
     "Extract the invoice's key fields from the document. Copy names, numbers and addresses as printed; "
     "write the issue date as YYYY-MM-DD, amounts as plain decimals (no currency sign, no thousands "
-    "separator), the currency as its ISO 4217 code. Leave optional fields null when they are not printed "
-    "and line_items empty unless items are listed."
+    "separator), the currency as its ISO 4217 code. Leave optional fields null when they are not printed."
 )
 
 
@@ -72,7 +71,7 @@ def printed_dates(text: str) -> set[date]:
     return found
 
 
-def amounts_printed(value: Invoice, text: str) -> str | None:
+def amounts_printed(value: InvoiceHeader, text: str) -> str | None:
     printed = _amounts(text)
     for name in ("total", "subtotal", "tax"):
         amount = getattr(value, name)
@@ -81,31 +80,31 @@ def amounts_printed(value: Invoice, text: str) -> str | None:
     return None
 
 
-def date_printed(value: Invoice, text: str) -> str | None:
+def date_printed(value: InvoiceHeader, text: str) -> str | None:
     dates = printed_dates(text)
     if dates and value.issue_date not in dates:
         return f"issue date {value.issue_date} is not a date printed in the document"
     return None
 
 
-def amounts_add_up(value: Invoice, text: str) -> str | None:
+def amounts_add_up(value: InvoiceHeader, text: str) -> str | None:
     cent = Decimal("0.01")
     if value.subtotal is not None and value.tax is not None and abs(value.subtotal + value.tax - value.total) > cent:
         return f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
-    if value.line_items:
+    if isinstance(value, Invoice) and value.line_items:
         lines = sum((item.amount for item in value.line_items), Decimal(0))
         if all(abs(lines - t) > cent for t in (value.subtotal, value.total) if t is not None):
             return f"line items add up to {lines}, not to the subtotal or total"
     return None
 
 
-def issuer_printed(value: Invoice, text: str) -> str | None:
+def issuer_printed(value: InvoiceHeader, text: str) -> str | None:
     if not occurs_in(value.issuer, text):
         return f"issuer {value.issuer!r} is not printed in the document"
     return None
 
 
-def currency_printed(value: Invoice, text: str) -> str | None:
+def currency_printed(value: InvoiceHeader, text: str) -> str | None:
     codes = currency_codes(text)
     if codes and value.currency not in codes:
         return f"currency {value.currency} but the document shows {', '.join(sorted(codes))}"
@@ -142,14 +141,24 @@ def extraction_node(
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
+    line_items: bool = False,
     input: Any = "text",
 ) -> Node:
-    """The invoice extraction node (with the business checks), reading ``input`` from the state."""
+    """The invoice extraction node (with the business checks), reading ``input`` from the state.
+    ``line_items=True`` extracts the billed lines too (:class:`Invoice`; slower, and checked to add
+    up); by default the header fields (:class:`InvoiceHeader`)."""
     if examples == EXAMPLES and not EXAMPLES.exists():  # installed without the repo's examples/
         examples = None
     pool = [_receipt_as_invoice(r) for r in read_jsonl(examples)] if examples else None
     return Node(
-        Extract(Invoice, instructions=INSTRUCTIONS, examples=pool, k=k, validators=CHECKS, max_tokens=400),
+        Extract(
+            Invoice if line_items else InvoiceHeader,
+            instructions=INSTRUCTIONS,
+            examples=pool,
+            k=k,
+            validators=CHECKS,
+            max_tokens=800 if line_items else 300,
+        ),
         tiers,
         Policy(threshold=threshold),
         name="extract_invoice",
@@ -165,10 +174,11 @@ def build(
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
+    line_items: bool = False,
 ) -> Any:
     """The compiled invoice graph. Building it loads no model (models load on first use)."""
     cleanse = Node(Cleanse(), ["rules"], name="cleanse", input="text", output="text")
-    extract = extraction_node(tiers, examples=examples, k=k, threshold=threshold)
+    extract = extraction_node(tiers, examples=examples, k=k, threshold=threshold, line_items=line_items)
 
     def read(state: InvoiceState) -> dict[str, Any]:
         try:
