@@ -46,6 +46,7 @@ class EmailState(TypedDict, total=False):
     email: dict[str, Any]
     text: str  # what the classifier reads: subject, body, start of attachments
     question: str  # what the knowledge base is asked: the body
+    injected: str  # the phrase, if the message gives instructions to an AI
     document: str  # what the invoice extraction reads: the attachment, else the body
     category: str | None
     category_meta: dict[str, Any]
@@ -129,13 +130,8 @@ def build(
         except InputError as e:
             return {"status": "failed", "ok": False, "reason": str(e), "output": None}
         attached = next((t for t in mail.attachments.values() if t.strip()), "")
-        injected = addressed_to_the_model(mail.as_text())
-        if injected:
-            why = f"gives instructions to an AI ({injected!r}): a person should read it"
-            email = {"subject": mail.subject, "sender": mail.sender}
-            output = {"category": "other", "outcome": "flagged", "reason": why} | email
-            return {"email": email, "output": output, "ok": True, "status": "flagged", "reason": why}
         return {
+            "injected": addressed_to_the_model(mail.as_text()) or "",
             "email": {"subject": mail.subject, "sender": mail.sender},
             "text": mail.as_text(),
             "question": mail.body or mail.subject,
@@ -166,7 +162,9 @@ def build(
 
     def flag(state: EmailState) -> dict[str, Any]:
         category = state.get("category")
-        if category is None:
+        if state.get("injected"):
+            why = f"gives instructions to an AI ({state['injected']!r}): a person should read it"
+        elif category is None:
             why = "unsure what this is: " + (state.get("category_meta") or {}).get("reason", "")[:200]
         else:
             why = f"{category.replace('_', ' ')}: needs a person"
@@ -182,7 +180,9 @@ def build(
     g.add_node("drop", done("dropped", "spam"))
     g.add_node("flag", flag)
     g.add_edge(START, "read")
-    g.add_conditional_edges("read", lambda s: END if s.get("status") in ("failed", "flagged") else "classify")
+    g.add_conditional_edges(
+        "read", lambda s: END if s.get("status") == "failed" else "flag" if s.get("injected") else "classify"
+    )
     g.add_conditional_edges(
         "classify",
         classify.route({"invoice": "extract", "support_question": "answer", "spam": "drop"}, default="flag"),
