@@ -110,3 +110,18 @@ def test_a_prompt_injection_is_flagged_before_any_model_reads_it(email_graph, mo
     state = email_graph.invoke({"input": body, "source": "inject.eml"})
     assert state["ok"] and state["output"]["outcome"] == "flagged"
     assert "instructions to an AI" in state["output"]["reason"]
+
+
+def test_business_checks_on_real_invoice_text(datasets):
+    from agentkit import read_jsonl
+    from schemas.invoice import InvoiceHeader
+    from workflows.invoice import CHECKS, date_printed
+
+    record = next(r for r in read_jsonl(datasets / "invoice2data" / "all.jsonl") if r["id"] == "oyo")
+    gold = record["expected_core"]
+    right = InvoiceHeader(issuer="OYO", issue_date=gold["date"], currency=gold["currency"], total=str(gold["amount"]))
+    assert [check(right, record["input"]) for check in CHECKS] == [None] * len(CHECKS)
+    wrong = InvoiceHeader.model_validate(right.model_dump() | {"issue_date": "3112-01-31"})
+    assert "not a date printed" in date_printed(wrong, record["input"])
+    german = InvoiceHeader(issuer="Q", issue_date="2014-05-07", currency="EUR", total="1")
+    assert date_printed(german, "Rechnungsdatum: 7. Mai 2014") is None  # words in another language
