@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from agentkit.documents import decode_text, pdf_text
 from agentkit.errors import ConfigError, InputError
 from agentkit.retrieval import Retrieval, cached_embeddings, fuse
 
@@ -90,13 +91,7 @@ def read_documents(paths: Iterable[str | Path]) -> list[dict[str, str]]:
         elif suffix == ".pdf":
             docs.append({"doc_id": f.stem, "text": _pdf_text(f), "title": f.stem})
         else:
-            raw = f.read_bytes()
-            if b"\x00" in raw[:4096]:
-                raise InputError(f"{f} is not a text file")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"{f} is not UTF-8 text") from None
+            text = decode_text(f.read_bytes(), name=str(f))
             docs.append({"doc_id": f.stem, "text": text, "title": f.stem})
     return docs
 
@@ -123,8 +118,6 @@ def _jsonl_documents(path: Path) -> list[dict[str, str]]:
 
 
 def _pdf_text(path: Path) -> str:
-    from agentkit.documents import pdf_text
-
     return pdf_text(path.read_bytes(), name=str(path)).replace("\n\f\n", "\n\n")
 
 

@@ -44,7 +44,7 @@ def pdf_text(data: bytes, *, name: str = "document") -> str:
 def decode_text(data: bytes, *, name: str = "input") -> str:
     """UTF-8 text (a BOM is dropped); binary data is an :class:`InputError`."""
     if b"\x00" in data[:8192]:
-        raise InputError(f"{name} is binary, not text")
+        raise InputError(f"{name} is not a text file (binary data)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -4,7 +4,7 @@
     python bench/workflows.py invoice --data ../shared/datasets/invoice2data/all.jsonl --limit 12
     python bench/workflows.py invoice --data ../shared/datasets/sroie2019/dev.jsonl --limit 100
 
-Every item goes through the compiled graph exactly as `agentkit run` runs it (``agentkit.runner.run_one``:
+Every item goes through the compiled graph exactly as `agentkit run` runs it (``agentkit.runner.run_batch``:
 the same record, cost and latency). `--save` keeps the records (and a later run with the same file resumes).
 SROIE receipts come from the test side of the split (the invoice workflow's examples are the train side).
 Gold values compared with agentkit.data's normalized match (dates parsed, amounts as Decimal, text
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from _common import DATASETS, emit, print_table
 
 from agentkit.data import normalize_text, read_jsonl, split_records, values_match
-from agentkit.runner import Item, completed_ids, load_target, run_one
+from agentkit.runner import Item, load_target, run_batch
 
 INVOICE2DATA_FIELDS = {"issuer": "issuer", "invoice_number": "invoice_number", "date": "issue_date",
                        "amount": "total", "currency": "currency"}  # fmt: skip
@@ -57,22 +58,18 @@ def field_right(kind: str, predicted: object, gold: object) -> bool:
 
 
 def run(target, items: list[Item], save: Path | None) -> list[dict]:
-    done = completed_ids(save) if save else set()
-    old = {json.loads(line)["id"]: json.loads(line) for line in save.open()} if save and save.exists() else {}
-    records = []
-    sink = save.open("a") if save else None
-    for n, item in enumerate(items, 1):
-        if item.id in done:
-            records.append(old[item.id])
-            continue
-        record = run_one(target, item)
-        records.append(record)
-        if sink:
-            sink.write(json.dumps(record, default=str) + "\n")
-            sink.flush()
-        print(f"\r{n}/{len(items)} {record['latency_s']:.1f} s", end="", file=sys.stderr, flush=True)
+    """One record per item, in order, through ``run_batch`` (so ``--save`` resumes like ``agentkit run``)."""
+
+    def progress(record: dict) -> None:
+        print(f"\r{record['id']} {record['latency_s']:.1f} s", end="", file=sys.stderr, flush=True)
+
+    summary = run_batch(target, items, save, stream=io.StringIO(), on_record=progress)
     print(file=sys.stderr)
-    return records
+    if save is None:
+        return summary.records
+    with save.open(encoding="utf-8") as fh:
+        by_id = {r["id"]: r for r in map(json.loads, fh)}
+    return [by_id[item.id] for item in items]
 
 
 def bench_email(args: argparse.Namespace) -> dict:
