@@ -188,6 +188,20 @@ def test_verbatim_fields_narrow_the_schema_to_values_in_the_text():
     assert "enum" not in free["properties"]["total"]
 
 
+def test_an_optional_verbatim_field_must_be_written_but_may_be_null():
+    class Bill(pydantic.BaseModel):
+        company: str
+        number: str | None = None
+
+    task = Extract(Bill, verbatim={"number": lambda text: ["A-17"] if "A-17" in text else []})
+    schema = json.loads(task.constraint_for("Bill A-17").spec)
+    assert schema["properties"]["number"] == {"anyOf": [{"type": "string", "enum": ["A-17"]}, {"type": "null"}]}
+    assert "number" in schema["required"]  # not left out by imitating examples that lack it
+    assert "number" not in json.loads(task.constraint_for("no number").spec).get("required", [])
+    engine = FakeEngine(replies=['{"company": "Acme", "number": null}'])
+    assert Node(task, [fake_tier("t", engine)]).run("Bill A-17").ok  # null is a valid pick
+
+
 # ---- knn tier (no model: a real BM25 vote, nothing faked) ------------------------------
 
 

@@ -125,3 +125,17 @@ def test_business_checks_on_real_invoice_text(datasets):
     assert "not a date printed" in date_printed(wrong, record["input"])
     german = InvoiceHeader(issuer="Q", issue_date="2014-05-07", currency="EUR", total="1")
     assert date_printed(german, "Rechnungsdatum: 7. Mai 2014") is None  # words in another language
+
+
+def test_invoice_number_candidates_are_labelled_identifiers(datasets):
+    from agentkit import read_jsonl
+    from workflows.invoice import document_numbers
+
+    assert document_numbers("Factuurnummer:     993548900\nDatum 8-9-2022") == ["993548900"]
+    assert document_numbers("Invoice INV/2023/03/0008") == ["INV/2023/03/0008"]
+    table = "Klant      Factuur datum     Factuur\nSCO0303    8-9-2022          VF1005193039\n"
+    assert document_numbers(table) == ["VF1005193039"]  # under its column label, the date is not one
+    assert document_numbers("TOTAL 12.50\nThank you") == []
+    records = {r["id"]: r for r in read_jsonl(datasets / "invoice2data" / "all.jsonl")}
+    found = [r["expected_core"]["invoice_number"].lstrip("#") in document_numbers(r["input"]) for r in records.values()]
+    assert sum(found) >= 10  # all but Orlen's anonymised "F" (12 fixtures)

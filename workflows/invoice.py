@@ -128,6 +128,39 @@ def currency_printed(value: InvoiceHeader, text: str) -> str | None:
 CHECKS = (issuer_printed, amounts_printed, date_printed, amounts_add_up, currency_printed)
 
 
+# ---- the invoice number: picked among labelled identifiers ---------------------------------
+
+_NUMBER_LABEL = re.compile(
+    r"(?<![A-Za-z])(?:invoice|inv|receipt|bill|booking|document|doc|rechnung|factuur|facture|faktura|fattura"
+    r"|factura|nota)(?:[ -]?(?:no|nr|number|num|nummer|numéro|numero|id|ref)\b\.?|nummer|snr\.?|nr\.?)?"
+    r"(?:\s*(?:n°|no\.?|#|:))*",
+    re.IGNORECASE,
+)
+_IDENTIFIER = re.compile(r"#?\s?([A-Za-z0-9][A-Za-z0-9/_.-]*\d[A-Za-z0-9/_-]*)")
+
+
+def _is_date(token: str) -> bool:
+    return bool(re.fullmatch(r"[\d./-]+", token)) and parse_date(token) is not None
+
+
+def document_numbers(text: str) -> list[str]:
+    """Identifiers printed after an invoice-number label (``Invoice No: 42``, ``Factuurnummer 9935``,
+    ``Facture n°5620``) or, in a laid-out table, under one: the candidates for ``invoice_number``.
+    Dates and amounts are not identifiers."""
+    lines = text.splitlines()
+    found: list[str] = []
+    for i, line in enumerate(lines):
+        for m in _NUMBER_LABEL.finditer(line):
+            after = _IDENTIFIER.match(line, m.end()) or _IDENTIFIER.match(line[m.end() :].lstrip(" :#"))
+            spots = [after.group(1)] if after else []
+            below = next((x for x in lines[i + 1 : i + 3] if x.strip()), "")
+            for b in _IDENTIFIER.finditer(below):  # the value under the label's column
+                if b.start(1) < m.end() + 4 and b.end(1) > m.start() - 4:
+                    spots.append(b.group(1))
+            found += [x.rstrip(".-/") for x in spots if not _is_date(x) and not re.fullmatch(r"[\d,.]+\.\d\d", x)]
+    return list(dict.fromkeys(x for x in found if len(x) >= 3))
+
+
 # ---- the graph ----------------------------------------------------------------------------
 
 
@@ -170,6 +203,7 @@ def extraction_node(
             k=k,
             validators=CHECKS,
             max_tokens=800 if line_items else 300,
+            verbatim={"invoice_number": document_numbers},
         ),
         tiers,
         Policy(threshold=threshold),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,8 +93,9 @@ class Extract(Task):
                 (``{"total": "amount", "date": "date"}``, see :func:`agentkit.data.candidates`) or
                 a function ``text -> candidates``: for each input the JSON Schema of those fields is
                 narrowed to an ``enum`` of the candidates, so the model picks one and cannot invent
-                a value (the pick is checked after parsing too). With no candidate the field stays
-                free. Keep candidate lists short: the grammar is compiled per input, and its cost
+                a value (the pick is checked after parsing too). A field with candidates must be
+                written (an optional one may be null), so it is not left out by imitating examples
+                that lack it. With no candidate the field stays free. Keep candidate lists short: the grammar is compiled per input, and its cost
                 grows with the total length of the candidates (dozens of multi-line address
                 candidates took minutes per receipt with Outlines' index on 2 cores).
             retrieval: how examples are found (``bm25``, ``dense``, ``hybrid``).
@@ -163,8 +165,17 @@ class Extract(Task):
             return self._constraint
         schema = json.loads(json.dumps(self._json_schema))
         for name, found in choices.items():
-            schema["properties"][name] = {"type": "string", "enum": found}
+            narrowed: dict[str, Any] = {"type": "string", "enum": found}
+            if self._nullable(name):  # an optional field: one of the candidates, or explicitly null
+                narrowed = {"anyOf": [narrowed, {"type": "null"}]}
+            schema["properties"][name] = narrowed
+            if name not in schema.setdefault("required", []):  # decided, not left out by imitation
+                schema["required"].append(name)
         return Constraint.json_schema(schema)
+
+    def _nullable(self, name: str) -> bool:
+        field = self.schema.model_fields[name]
+        return not field.is_required() or type(None) in typing.get_args(field.annotation)
 
     def answer(self, engine: Engine, text: str) -> Answer:
         choices = self.verbatim_candidates(text)
@@ -178,7 +189,10 @@ class Extract(Task):
         problems += parse_problems
         if model is not None:  # the constraint may have been dropped by the engine: check, never trust
             for name, allowed in choices.items():
-                picked = str(getattr(model, name, None))
+                value = getattr(model, name, None)
+                if value is None and self._nullable(name):
+                    continue
+                picked = str(value)
                 if picked not in allowed:
                     problems.append(f"{name} {picked!r} is not one of its {len(allowed)} candidates")
         fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
