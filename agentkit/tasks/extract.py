@@ -95,9 +95,10 @@ class Extract(Task):
                 narrowed to an ``enum`` of the candidates, so the model picks one and cannot invent
                 a value (the pick is checked after parsing too). A field with candidates must be
                 written (an optional one may be null), so it is not left out by imitating examples
-                that lack it. With no candidate the field stays free. Keep candidate lists short: the grammar is compiled per input, and its cost
-                grows with the total length of the candidates (dozens of multi-line address
-                candidates took minutes per receipt with Outlines' index on 2 cores).
+                that lack it. With no candidate the field stays free. Keep candidate lists short:
+                the grammar is compiled per input, and its cost grows with the total length of the
+                candidates (dozens of multi-line address candidates took minutes per receipt with
+                Outlines' index on 2 cores).
             retrieval: how examples are found (``bm25``, ``dense``, ``hybrid``).
         """
         self.schema = schema
