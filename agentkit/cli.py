@@ -52,18 +52,15 @@ def _app():  # type: ignore[no-untyped-def]
         inputs: Annotated[list[str], typer.Argument(help="files, folders, JSONL files, or - for stdin")],
         out: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL output; resumed if it exists")] = None,
         debug: Annotated[bool, typer.Option("--debug", help="raise errors with their stack trace")] = False,
+        config: Annotated[Path | None, typer.Option("--config", help="node settings (default ./agentkit.toml)")] = None,
     ) -> None:
         """Run a workflow or node over inputs: one JSON line per input, then a summary."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from agentkit.runner import completed_ids, iter_inputs, load_target, run_batch
+        from agentkit.runner import completed_ids, iter_inputs, run_batch
 
         err = Console(stderr=True)
-        try:
-            graph = load_target(target)
-        except AgentkitError as e:
-            err.print(f"[red]{e}[/red]")
-            raise typer.Exit(2) from None
+        graph = _load(target, config, err)
         items = list(iter_inputs(inputs))
         done = completed_ids(out) if out is not None else set()
         todo = sum(item.id not in done for item in items)
@@ -91,6 +88,83 @@ def _app():  # type: ignore[no-untyped-def]
             raise typer.Exit(130)
         if figures["failed"]:
             raise typer.Exit(1)
+
+    def _load(target: str, config: Path | None, err: Console) -> object:
+        """The target with its node settings applied (``--config``, or ``./agentkit.toml`` if present)."""
+        from agentkit import config as node_config
+        from agentkit.runner import load_target, nodes_of
+
+        try:
+            loaded = load_target(target)
+            path = config or (Path("agentkit.toml") if Path("agentkit.toml").is_file() else None)
+            if path is not None:
+                configured = node_config.apply(path, nodes_of(loaded))
+                if configured:
+                    err.print(f"settings from {path} applied to: {', '.join(configured)}")
+        except AgentkitError as e:
+            err.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+        return loaded
+
+    @app.command("eval")
+    def evaluate(
+        target: Annotated[str, typer.Argument(help="node or workflow: name or path/to/file.py:attribute")],
+        data: Annotated[Path, typer.Option("--data", help="JSONL records with 'input' and 'expected'")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="report folder (JSON, HTML, answers)")] = Path("eval"),
+        limit: Annotated[int | None, typer.Option("--limit", help="first N records")] = None,
+        thresholds: Annotated[str, typer.Option("--thresholds", help="comma-separated sweep")] = "",
+        target_score: Annotated[float | None, typer.Option("--target", help="cheapest threshold reaching this")] = None,
+        budget: Annotated[float | None, typer.Option("--budget", help="best score at most this USD per item")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="calibration/test split seed")] = 0,
+        field: Annotated[str | None, typer.Option("--field", help="workflow output key to compare")] = None,
+        map_fields: Annotated[str, typer.Option("--fields", help="gold=output field names, comma-separated")] = "",
+        write_config: Annotated[
+            Path | None, typer.Option("--write-config", help="save the chosen threshold here (agentkit run reads it)")
+        ] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="node settings to start from")] = None,
+    ) -> None:
+        """Small-only vs large-only vs the cascade at a threshold sweep; a calibrated threshold."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from agentkit import config as node_config
+        from agentkit.evaluate import THRESHOLDS, evaluate_node, evaluate_workflow
+        from agentkit.node import Node
+        from agentkit.report import print_report, write_html, write_json
+        from agentkit.runner import load_records
+
+        err = Console(stderr=True)
+        loaded = _load(target, config, err)
+        try:
+            records = load_records(data, limit)
+            sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
+            fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
+        except (AgentkitError, ValueError) as e:
+            err.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+        out.mkdir(parents=True, exist_ok=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            bar = progress.add_task(target, total=len(records))
+
+            def step(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            if isinstance(loaded, Node):
+                report = evaluate_node(
+                    loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
+                    cache=out / "answers.jsonl", fields=fields or None, on_item=step,
+                )  # fmt: skip
+            else:
+                report = evaluate_workflow(loaded, records, field=field, fields=fields or None, on_item=step)
+        report["data"] = str(data)
+        print_report(report, err)
+        err.print(f"report: {write_json(report, out / 'report.json')}  {write_html(report, out / 'report.html')}")
+        if write_config is not None and isinstance(loaded, Node) and "calibration" in report:
+            settings = node_config.node_settings(loaded) | {"threshold": report["calibration"]["threshold"]}
+            node_config.save(write_config, {loaded.name: settings})
+            err.print(f"threshold {settings['threshold']:g} for node {loaded.name!r} written to {write_config}")
+        if report.get("interrupted"):
+            raise typer.Exit(130)
 
     return app
 

@@ -59,6 +59,32 @@ def load_target(spec: str) -> Any:
     return target() if callable(target) and not hasattr(target, "invoke") and not hasattr(target, "run") else target
 
 
+def nodes_of(target: Any) -> list[Any]:
+    """The agentkit :class:`~agentkit.node.Node` objects in ``target`` (a Node, or the nodes of a
+    compiled LangGraph graph), so a config file can be applied to them."""
+    from agentkit.node import Node
+
+    if isinstance(target, Node):
+        return [target]
+    specs = getattr(getattr(target, "builder", None), "nodes", {}) or {}
+    found = [getattr(spec.runnable, "func", None) for spec in specs.values()]
+    return [f for f in found if isinstance(f, Node)]
+
+
+def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Labelled records (``input``, ``expected``) from a JSONL file, with a clear error for a bad one."""
+    from agentkit.data import read_jsonl
+
+    try:
+        records = list(read_jsonl(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict) or "input" not in r or "expected" not in r:
+            raise ConfigError(f"{path}: record {n} needs 'input' and 'expected'")
+    return records[:limit] if limit else records
+
+
 def iter_inputs(specs: Sequence[str], stdin: TextIO | None = None) -> Iterator[Item]:
     """Items from files, folders (recursively, sorted), JSONL files (one item per record; ``input``
     and optional ``id``) and ``-`` (stdin: JSONL records, or else one text)."""

@@ -30,9 +30,11 @@ class Message(TypedDict, total=False):
     outcome: str
 
 
-def build_graph(examples: list[dict]) -> object:
-    cleanse = Node(Cleanse(), ["rules"], input="text", output="clean")
-    classify = Node(
+def classifier(examples: list[dict] | None = None) -> Node:
+    """The spam/ham node on its own (``agentkit eval examples/sms_triage.py:classifier --data ...``)."""
+    if examples is None:
+        examples = list(read_jsonl(HERE / "data" / "sms_labelled.jsonl"))
+    return Node(
         Classify(
             ["ham", "spam"],
             instructions="Is this SMS message spam (unsolicited adverts, prizes, scams) or ham (a normal message)?",
@@ -41,10 +43,16 @@ def build_graph(examples: list[dict]) -> object:
             static_per_label=4,
         ),
         policy=Policy(threshold=0.8),  # from bench/classify.py: 95% at 37% escalation on 120 held-out SMS
+        name="sms_spam",
         input="clean",
         output="label",
         meta="label_meta",
     )
+
+
+def build_graph(examples: list[dict] | None = None) -> object:
+    cleanse = Node(Cleanse(), ["rules"], input="text", output="clean")
+    classify = classifier(examples)
     g = StateGraph(Message)
     g.add_node("cleanse", cleanse)
     g.add_node("classify", classify)
@@ -75,9 +83,9 @@ def main() -> None:
                 f"{out['id']:>5}  {str(out.get('label')):5}  {out['outcome']:16} tier={meta.get('tier')}  "
                 f"conf={conf if conf is None else round(conf, 3)}  {msg['input'][:60]!r}"
             )
-    classify_results = [r for r in trace.results if r.node == "classify"]
+    classify_results = [r for r in trace.results if r.node == "sms_spam"]
     right = sum(r.value == m.get("expected") for r, m in zip(classify_results, inbox, strict=True))
-    summary = trace.summary(node="classify")
+    summary = trace.summary(node="sms_spam")
     summary["accuracy_vs_gold"] = right / len(inbox)
     print(json.dumps(summary, indent=2))
 

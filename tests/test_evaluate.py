@@ -1,14 +1,28 @@
-"""The evaluation arithmetic: the cascade derived from per-tier answers must be what a Node
-does, SQuAD scoring, Wilson intervals. Tiers are the shipped FakeEngine (named as such)."""
+"""The evaluation arithmetic against hand-computed cases: the cascade derived from per-tier
+answers must be what a Node does; metrics per task type; calibration picks the right threshold
+on a constructed case; the report files. Tiers here are the shipped FakeEngine (named as such:
+the confidences must be set on demand); the end-to-end eval on real models is in test_runner."""
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
-from agentkit import Classify, Node, Policy, Tier
-from agentkit.evaluate import TierAnswer, answer_all, cascade, grounded_scores, squad_f1, summarize, wilson
+from agentkit import Classify, Node, Policy, Tier, metrics
+from agentkit.evaluate import (
+    TierAnswer,
+    answer_all,
+    calibrate,
+    cascade,
+    evaluate_node,
+    headline,
+    percentile,
+    summarize,
+    wilson,
+)
+from agentkit.metrics import grounded_scores, squad_f1
 from agentkit.testing import FakeEngine
 
 
@@ -64,3 +78,133 @@ def test_wilson_interval():
     lo, hi = wilson(299, 300)
     assert lo == pytest.approx(0.9814, abs=1e-3) and hi == pytest.approx(0.9994, abs=1e-3)
     assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_classification_metrics_by_hand():
+    m = metrics.classification(["a", "a", "b", None], ["a", "b", "b", "b"])
+    assert m["accuracy"] == 0.5
+    # a: precision 1/2, recall 1/1 -> F1 2/3; b: precision 1/1, recall 1/3 -> F1 1/2
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["confusion"] == {"a": {"a": 1}, "b": {"a": 1, "b": 1, "(failed)": 1}}
+
+
+def test_extraction_metrics_by_hand():
+    gold = [
+        {"company": "ACME SDN BHD", "total": "12.50", "date": "03/08/2018"},
+        {"company": "X", "total": "1.00", "date": ""},
+    ]
+    predicted = [{"issuer": "acme  sdn bhd", "total": "12.5", "date": "2018-08-03"}, None]
+    m = metrics.extraction(predicted, gold, kinds={"total": "amount", "date": "date"}, fields={"company": "issuer"})
+    assert m["all_fields"] == 0.5
+    assert m["fields"]["company"] == {"exact": 0.0, "normalized": 0.5, "n": 2}
+    assert m["fields"]["total"]["exact"] == 0.0 and m["fields"]["total"]["normalized"] == 0.5
+    assert m["fields"]["date"]["n"] == 1  # an empty gold value is not counted
+
+
+def test_grounded_metrics_by_hand():
+    expected = [
+        {"answerable": True, "answers": ["Normandy"]},
+        {"answerable": True, "answers": ["10th century"]},
+        {"answerable": False, "answers": []},
+        {"answerable": False, "answers": []},
+    ]
+    predicted = [
+        {"answerable": True, "answer": "Normandy"},
+        {"answerable": False, "answer": None},  # abstained on an answerable question
+        {"answerable": False, "answer": None},  # right abstention
+        {"answerable": True, "answer": "Rollo"},  # answered an unanswerable one
+    ]
+    m = metrics.grounded(predicted, expected)
+    assert m["f1"] == 50.0 and m["f1_all"] == 50.0 and m["em"] == 50.0
+    assert m["abstain_acc"] == 0.5 and m["abstain_precision"] == 0.5 and m["abstain_rate"] == 0.5
+
+
+def test_reliability_and_expected_calibration_error():
+    r = metrics.reliability([0.95, 0.95, 0.55, 0.55, None], [1, 0, 1, 1, 1], bins=10)
+    assert [b["n"] for b in r["table"]] == [2, 2] and r["n"] == 4
+    # bins: 0.55 conf vs 1.0 acc (gap 0.45), 0.95 vs 0.5 (gap 0.45) -> ECE 0.45
+    assert r["ece"] == pytest.approx(0.45)
+
+
+def test_percentile():
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5 and percentile([], 0.9) == 0.0
+    assert percentile([1.0, 10.0], 0.95) == pytest.approx(9.55)
+
+
+def _point(score: float, cost: float, esc: float = 0.0) -> dict:
+    return {"score": score, "cost_per_item": cost, "escalation_rate": esc}
+
+
+def test_calibration_picks_the_cheapest_threshold_that_reaches_the_target():
+    points = {
+        "tier0": _point(0.80, 1.0),
+        "tier1": _point(0.90, 10.0, 1.0),
+        "cascade@0.5": _point(0.82, 2.0, 0.1),
+        "cascade@0.8": _point(0.90, 4.0, 0.3),
+        "cascade@0.9": _point(0.91, 6.0, 0.5),
+        "cascade@0.99": _point(0.90, 9.0, 0.9),
+    }
+    assert calibrate(points)[0] == "cascade@0.8"  # default: cheapest within 1 point of the best
+    assert calibrate(points, target=0.91)[0] == "cascade@0.9"
+    assert calibrate(points, target=0.95)[0] == "cascade@0.9"  # unreachable: the best score
+    assert calibrate(points, budget=3.0)[0] == "cascade@0.5"
+    h = headline(points, "cascade@0.8")
+    assert h["cost_vs_large_at_matched_score"] == pytest.approx(0.4)
+    assert h["pgr"] == pytest.approx(1.0) and h["pgr_per_escalated"] == pytest.approx(1 / 0.3)
+    # PGR vs escalation: (0,0) (.1,.2) (.3,1) (.5,1.1) (.9,1) (1,1): trapezoids .01+.12+.21+.42+.1
+    assert h["apgr"] == pytest.approx(0.86)
+
+
+def test_headline_says_when_the_large_tier_is_not_better():
+    points = {"tier0": _point(0.9, 1), "tier1": _point(0.4, 3), "cascade@0.5": _point(0.8, 2, 0.2)}
+    h = headline(points, "cascade@0.5")
+    assert h["pgr"] is None and h["gap"] == pytest.approx(-0.5)
+
+
+def test_evaluate_node_splits_calibrates_and_resumes(tmp_path):
+    # small: right on "a"-texts with high confidence, wrong (says a) on "b"-texts with low confidence
+    class Scripted(FakeEngine):
+        def score(self, messages, continuations, *, prefix=0):
+            text = messages[-1]["content"]
+            self.replies = ["a"]
+            self.confidence = 0.95 if "alpha" in text else 0.6
+            return super().score(messages, continuations, prefix=prefix)
+
+    small = Tier(spec="fake:small", name="small", engine=Scripted(replies=["a"]), usd_per_mtok_in=1.0)
+    large = Tier(
+        spec="fake:large", name="large", engine=FakeEngine(replies=["b"], confidence=0.9), usd_per_mtok_in=10.0
+    )
+    records = [{"input": f"alpha {i}", "expected": "a"} for i in range(20)]
+    records += [{"input": f"beta {i}", "expected": "b"} for i in range(20)]
+    node = Node(Classify(["a", "b"]), [small, large], name="toy")
+    cache = tmp_path / "answers.jsonl"
+    report = evaluate_node(node, records, thresholds=[0.5, 0.9], cache=cache)
+    assert report["n"] == 40 and not report["interrupted"]
+    assert report["all"]["tier0"]["score"] == 0.5 and report["all"]["tier1"]["score"] == 0.5
+    assert report["all"]["cascade@0.9"]["score"] == 1.0 and report["all"]["cascade@0.9"]["escalation_rate"] == 0.5
+    assert report["calibration"]["picked"] == "cascade@0.9" and report["calibration"]["threshold"] == 0.9
+    assert report["test"]["cascade@0.9"]["quality"]["accuracy"] == 1.0
+    assert len(cache.read_text().splitlines()) == 80  # every tier's answer to every item, kept
+    calls = []
+    small.engine.score = lambda *a, **k: calls.append(1)  # a rerun must not ask again
+    again = evaluate_node(node, records, thresholds=[0.5, 0.9], cache=cache)
+    assert not calls and again["all"]["cascade@0.9"]["score"] == 1.0
+
+
+def test_records_in_the_example_pool_are_left_out():
+    pool = [{"input": "alpha 1", "expected": "a"}, {"input": "beta 1", "expected": "b"}]
+    node = Node(Classify(["a", "b"], examples=pool), [fake("small", "a", 0.9)])
+    report = evaluate_node(node, pool + [{"input": "alpha 2", "expected": "a"}])
+    assert report["n"] == 1 and report["left_out_in_pool"] == 2
+
+
+def test_report_files(tmp_path):
+    from agentkit.report import write_html, write_json
+
+    node = Node(Classify(["a", "b"]), [fake("small", "a", 0.7), fake("large", "a", 0.9)], name="toy")
+    records = [{"input": f"text {i}", "expected": "a" if i % 3 else "b"} for i in range(12)]
+    report = evaluate_node(node, records, thresholds=[0.5, 0.8])
+    page = write_html(report, tmp_path / "r.html").read_text()
+    assert page.count("<svg") == 3 and "cascade@0.8" in page
+    data = json.loads(write_json(report, tmp_path / "r.json").read_text())
+    assert data["all"]["tier0"]["quality"]["accuracy"] == pytest.approx(8 / 12)

@@ -128,3 +128,32 @@ def test_sigkill_mid_batch_then_resume_loses_nothing_and_repeats_nothing(workflo
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 22
     assert "resumed" in again.stderr
+
+
+@pytest.mark.slow
+def test_agentkit_eval_on_real_models_writes_the_reports_and_the_threshold_run_uses(small, large, tmp_path):
+    """`agentkit eval` end to end: the SMS node on both embedded tiers, 10 held-out messages."""
+    root = Path(__file__).resolve().parents[1]
+    target = f"{root / 'examples' / 'sms_triage.py'}:classifier"
+    data = root / "examples" / "data" / "sms_inbox.jsonl"
+    config = tmp_path / "agentkit.toml"
+    cmd = [sys.executable, "-m", "agentkit.cli", "eval", target, "--data", str(data), "--out", str(tmp_path / "ev")]
+    done = subprocess.run([*cmd, "--write-config", str(config)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["n"] == 10 and report["tiers"] == ["embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b"]
+    small_only = report["all"]["tier0"]
+    assert small_only["quality"]["accuracy"] >= 0.6 and small_only["escalation_rate"] == 0.0
+    assert max(c["score"] for c in report["all"].values()) >= 0.8
+    assert {"cascade@0.5", "cascade@0.99"} <= set(report["all"]) and "headline" in report
+    assert report["reliability"]["embedded:qwen2.5-0.5b"]["n"] == 10
+    assert (tmp_path / "ev" / "report.html").read_text().count("<svg") == 3
+    assert len((tmp_path / "ev" / "answers.jsonl").read_text().splitlines()) == 20
+    threshold = report["calibration"]["threshold"]
+    assert f"threshold = {threshold!r}" in config.read_text()
+    run = subprocess.run(
+        [sys.executable, "-m", "agentkit.cli", "run", target, str(data), "--config", str(config)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert f"settings from {config} applied to: sms_spam" in run.stderr
+    assert len(run.stdout.splitlines()) == 10

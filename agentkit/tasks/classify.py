@@ -46,6 +46,7 @@ class Classify(Task):
         vote_k: int = 4,
         retrieval: Retrieval = "bm25",
         seed: int = 0,
+        abstain_label: str | None = None,
     ) -> None:
         """
         Args:
@@ -64,12 +65,17 @@ class Classify(Task):
             vote_k: neighbours that vote on a ``knn`` tier.
             retrieval: how examples are found: ``bm25``, ``dense`` (MiniLM, ``agentkit[dense]``)
                 or ``hybrid`` (both, rank-fused).
+            abstain_label: the value of an abstention (``Policy(when_unsure="abstain")``), e.g.
+                ``"oos"``: out of scope when no tier is confident. It is not a label the model scores.
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
         else:
             self.descriptions = {str(label): "" for label in labels}
         self.labels = list(self.descriptions)
+        self.abstain_label = abstain_label
+        if abstain_label is not None and abstain_label in self.descriptions:
+            raise ConfigError(f"abstain_label {abstain_label!r} is also a label", hint="leave it out of the labels")
         if len(self.labels) < 2:
             raise ConfigError("Classify needs at least two labels")
         if len(set(self.labels)) != len(self.labels):
@@ -89,6 +95,7 @@ class Classify(Task):
         self.index: ExampleIndex | None = None
         self.static: list[dict[str, Any]] = []
         if examples:
+            examples = [e for e in examples if abstain_label is None or str(e["expected"]) != abstain_label]
             unknown = {str(e["expected"]) for e in examples} - set(self.labels)
             if unknown:
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
@@ -96,6 +103,11 @@ class Classify(Task):
             self.static = _static_examples(examples, static_per_label, seed)
         self._constraint = Constraint.choice(list(self.verbalizer.values()))
         self._fixed: list[Message] | None = None
+
+    def abstention(self, reason: str) -> Any:
+        if self.abstain_label is None:
+            return super().abstention(reason)
+        return self.abstain_label
 
     def system_prompt(self) -> str:
         lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
@@ -238,6 +250,7 @@ class Classify(Task):
             "verbalizer": self.verbalizer,
             "calibrate": self.calibrate,
             "vote_k": self.vote_k,
+            "abstain_label": self.abstain_label,
             "retrieval": self.index.retrieval if self.index else None,
             "examples": len(self.index) if self.index else 0,
         }

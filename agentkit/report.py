@@ -1,0 +1,215 @@
+"""An evaluation report three ways: a terminal table (Rich), a JSON file with every number, and
+an HTML page with plots (matplotlib, drawn as inline SVG so the page works offline)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+
+def config_label(report: dict[str, Any], key: str) -> str:
+    """``tier0`` → the tier's name; cascades keep their ``cascade@0.8`` key."""
+    if key.startswith("tier"):
+        return f"{report['tiers'][int(key[4:])]} only"
+    return key
+
+
+def _quality_columns(kind: str) -> list[tuple[str, Any]]:
+    if kind.endswith("grounded_answer"):
+        return [
+            ("F1", lambda q: f"{q['f1']:.1f}"),
+            ("F1 all", lambda q: f"{q['f1_all']:.1f}"),
+            ("abstain acc", lambda q: "-" if q["abstain_acc"] is None else f"{q['abstain_acc']:.3f}"),
+        ]
+    if kind.endswith("extract"):
+        return [("all fields", lambda q: f"{q['all_fields']:.3f}")]
+    return [("accuracy", lambda q: f"{q['accuracy']:.3f}"), ("macro-F1", lambda q: f"{q['macro_f1']:.3f}")]
+
+
+def rows(report: dict[str, Any], section: str = "all") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one section (``all`` or ``test``): one row per configuration."""
+    quality = _quality_columns(report["kind"])
+    header = ["configuration", *[name for name, _ in quality], "score [95% CI]", "escalated", "failures",
+              "µ$/item", "µ$/answer", "p50 s", "p95 s"]  # fmt: skip
+    out = []
+    for key, f in report.get(section, {}).items():
+        lo, hi = f["ci95"]
+        per_answer = f["cost_per_answer"]
+        out.append(
+            [
+                config_label(report, key),
+                *[fmt(f["quality"]) for _, fmt in quality],
+                f"{f['score']:.3f} [{lo:.3f}, {hi:.3f}]",
+                f"{f['escalation_rate']:.1%}",
+                str(f["failures"]),
+                f"{f['cost_per_item'] * 1e6:.1f}",
+                "-" if per_answer is None else f"{per_answer * 1e6:.1f}",
+                f"{f['latency_p50_s']:.2f}",
+                f"{f['latency_p95_s']:.2f}",
+            ]
+        )
+    return header, out
+
+
+def print_report(report: dict[str, Any], console: Any = None) -> None:
+    """The report as Rich tables (every configuration; the calibrated pick on the test split)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    section = "test" if "test" in report else "all"
+    header, body = rows(report, section)
+    title = f"{report['target']} ({report['kind']}) — {report['n']} items"
+    if section == "test":
+        title += f"; {report['split']}; rows on the test split"
+    table = Table(*header, title=title)
+    pick = report.get("calibration", {}).get("picked")
+    for key, row in zip(report[section], body, strict=True):
+        table.add_row(*row, style="bold green" if key == pick else None)
+    console.print(table)
+    if pick:
+        c = report["calibration"]
+        console.print(f"threshold {c['threshold']:g} ({c['rule']}, chosen on the calibration split)")
+    h = report.get("headline")
+    if h:
+        parts = []
+        if h.get("cost_vs_large_at_matched_score") is not None:
+            parts.append(f"cost vs large-only at matched score: {h['cost_vs_large_at_matched_score']:.2f}×")
+        if h.get("cascade_vs_large_cost") is not None:
+            parts.append(f"at the chosen threshold: {h['cascade_vs_large_cost']:.2f}×")
+        if h.get("pgr") is not None:
+            parts.append(f"gap recovered {h['pgr']:.0%}")
+            if h.get("pgr_per_escalated") is not None:
+                parts.append(f"per share escalated {h['pgr_per_escalated']:.2f}")
+            parts.append(f"APGR {h['apgr']:.2f}")
+        elif "gap" in h:
+            parts.append(f"the larger tier is not better here (gap {h['gap']:+.3f}): escalation cannot help")
+        console.print("; ".join(parts))
+    for name, r in report.get("reliability", {}).items():
+        if r["ece"] is not None:
+            console.print(f"{name}: expected calibration error {r['ece']:.3f} over {r['n']} answers")
+    if report.get("left_out_in_pool"):
+        console.print(f"{report['left_out_in_pool']} records left out: their input is in the node's example pool")
+    if report.get("interrupted"):
+        console.print("[yellow]interrupted: figures cover the items answered so far[/yellow]")
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.find("<svg") :]
+
+
+def plots(report: dict[str, Any]) -> dict[str, str]:
+    """SVG plots: the cost–score frontier, score and escalation vs threshold, reliability diagram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    section = report.get("test") or report.get("all") or {}
+    out: dict[str, str] = {}
+    singles = {k: v for k, v in section.items() if k.startswith("tier")}
+    cascades = sorted(
+        ((float(k.split("@")[1]), v) for k, v in section.items() if k.startswith("cascade@")), key=lambda x: x[0]
+    )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, f in singles.items():
+        ax.scatter([f["cost_per_item"] * 1e6], [f["score"]], s=60, label=config_label(report, key), zorder=3)
+    if cascades:
+        ax.plot(
+            [f["cost_per_item"] * 1e6 for _, f in cascades], [f["score"] for _, f in cascades], "o-", label="cascade"
+        )
+        for th, f in cascades:
+            ax.annotate(
+                f"{th:g}", (f["cost_per_item"] * 1e6, f["score"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    ax.set_xlabel("cost per item (µ$)")
+    ax.set_ylabel("score")
+    ax.set_title("cost–score frontier")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out["frontier"] = _svg(fig)
+    if cascades:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ths = [th for th, _ in cascades]
+        ax.plot(ths, [f["score"] for _, f in cascades], "o-", label="score")
+        ax.plot(ths, [f["escalation_rate"] for _, f in cascades], "s--", label="escalation rate")
+        ax.set_xlabel("confidence threshold")
+        ax.set_ylim(0, 1.02)
+        ax.set_title("score and escalation vs threshold")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        out["threshold"] = _svg(fig)
+    if report.get("reliability"):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        for name, r in report["reliability"].items():
+            if r["table"]:
+                ece = "" if r["ece"] is None else f" (ECE {r['ece']:.3f})"
+                ax.plot(
+                    [b["confidence"] for b in r["table"]], [b["accuracy"] for b in r["table"]], "o-", label=name + ece
+                )
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("score")
+        ax.set_title("reliability")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        out["reliability"] = _svg(fig)
+    return out
+
+
+def write_html(report: dict[str, Any], path: str | Path) -> Path:
+    """A self-contained page: the tables, the calibration, the plots."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>agentkit eval: {html.escape(report['target'])}</title>",
+        "<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.pick{background:#e6f4e6;font-weight:bold}"
+        ".plots{display:flex;flex-wrap:wrap;gap:1em}.plots svg{max-width:520px;height:auto}</style>",
+        f"<h1>{html.escape(report['target'])} <small>({html.escape(report['kind'])}, {report['n']} items)</small></h1>",
+    ]
+    pick = report.get("calibration", {}).get("picked")
+    for section, caption in (("test", f"test split — {report.get('split', '')}"), ("all", "every item")):
+        if section not in report:
+            continue
+        header, body = rows(report, section)
+        parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>")
+        parts += [f"<th>{html.escape(h)}</th>" for h in header]
+        parts.append("</tr>")
+        for key, row in zip(report[section], body, strict=True):
+            cls = " class='pick'" if key == pick else ""
+            parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    if pick:
+        c = report["calibration"]
+        parts.append(
+            f"<p>Chosen threshold <b>{c['threshold']:g}</b>: {html.escape(c['rule'])} (on the calibration split).</p>"
+        )
+    if report.get("headline"):
+        items = "".join(
+            f"<li>{html.escape(k)}: {'-' if v is None else f'{v:.3f}'}</li>" for k, v in report["headline"].items()
+        )
+        parts.append(f"<h2>headline</h2><ul>{items}</ul>")
+    parts.append("<h2>plots</h2><div class='plots'>")
+    parts += list(plots(report).values())
+    parts.append("</div>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
