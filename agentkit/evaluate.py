@@ -188,6 +188,7 @@ def figures(outcomes: Sequence[CascadeOutcome], scores: Sequence[float], n_tiers
         "failures": n - answered,
         "cost_per_item": cost / n if n else 0.0,
         "cost_per_answer": cost / answered if answered else None,
+        "s_per_item": sum(o.seconds for o in outcomes) / n if n else 0.0,
         "latency_p50_s": percentile([o.seconds for o in outcomes], 0.5),
         "latency_p95_s": percentile([o.seconds for o in outcomes], 0.95),
     }
@@ -205,42 +206,6 @@ def configurations(
     if n_tiers > 1:
         for th in thresholds:
             out[f"cascade@{th:g}"] = [cascade(row, replace(policy, threshold=th), abstention) for row in table]
-    return out
-
-
-def summarize(
-    table: Sequence[Sequence[TierAnswer]],
-    correct: Callable[[Any, int], bool],
-    policy: Policy,
-    thresholds: Sequence[float],
-    abstention: Any = None,
-) -> dict[str, Any]:
-    """Accuracy (95% interval), cost and time per item for each tier's raw answers and the cascade
-    at each threshold. ``correct(value, item_index)`` judges one answer."""
-    n = len(table)
-    out: dict[str, Any] = {"n": n, "tiers": [], "cascade": []}
-    if not n:
-        return out
-    for t in range(len(table[0])):
-        k = sum(bool(row[t].valid and correct(row[t].value, i)) for i, row in enumerate(table))
-        out["tiers"].append(
-            {
-                "acc": k / n,
-                "ci95": wilson(k, n),
-                "invalid": sum(not row[t].valid for row in table) / n,
-                "cost_per_item": sum(row[t].cost_usd for row in table) / n,
-                "s_per_item": sum(row[t].seconds for row in table) / n,
-            }
-        )
-    for th in thresholds:
-        outcomes = [cascade(row, replace(policy, threshold=th), abstention) for row in table]
-        scores = [
-            float(bool((o.tier is not None or o.abstained) and correct(o.value, i))) for i, o in enumerate(outcomes)
-        ]
-        f = figures(outcomes, scores, len(table[0]))
-        out["cascade"].append(
-            {"threshold": th, "acc": f["score"], "s_per_item": sum(o.seconds for o in outcomes) / n} | f
-        )
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     section = "test" if "test" in report else "all"
     header, body = rows(report, section)
     title = f"{report['target']} ({report['kind']}) — {report['n']} items"

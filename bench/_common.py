@@ -20,10 +20,52 @@ def parser(description: str, default_data: Path) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=300, help="evaluation items (held-out split)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--tiers", default="embedded:qwen2.5-0.5b,embedded:qwen2.5-1.5b", help="ladder, cheapest first")
-    p.add_argument(
-        "--threshold", type=float, default=None, help="cascade threshold to headline (default: best sweep point)"
-    )
+    p.add_argument("--target", type=float, default=None, help="calibrate: cheapest threshold reaching this score")
+    p.add_argument("--save", type=Path, default=None, help="every tier's answer per item (JSONL; a rerun resumes)")
+    p.add_argument("--report", type=Path, default=None, help="also write report.json and report.html here")
     return p
+
+
+def evaluate(node: Any, records: list[dict], args: argparse.Namespace, **kw: Any) -> dict[str, Any]:
+    """``agentkit eval``'s computation on ``node`` (one way to get every number), printed like it."""
+    from agentkit.evaluate import evaluate_node
+    from agentkit.report import print_report, write_html, write_json
+
+    progress = Progress(len(records), args.data.parent.name)
+    kw.setdefault("cache", args.save)
+    report = evaluate_node(
+        node, records, target=args.target, seed=args.seed, on_item=lambda i, n: progress(i - 1), **kw
+    )
+    report["data"] = str(args.data)
+    print_report(report)
+    if args.report:
+        write_json(report, args.report / "report.json")
+        write_html(report, args.report / "report.html")
+    return report
+
+
+def headline_figures(report: dict[str, Any], first_model_tier: int = 0) -> dict[str, Any]:
+    """The JSON keys every classification benchmark ends with (on the test split, calibrated pick)."""
+    section = report.get("test") or report["all"]
+    pick = report.get("calibration", {}).get("picked")
+    small = section[f"tier{first_model_tier}"]
+    large = section[f"tier{len(report['tiers']) - 1}"]
+    chosen = section[pick] if pick else small
+    return {
+        "n": report["n"],
+        "split": report.get("split"),
+        "small_acc": round(small["score"], 4),
+        "large_acc": round(large["score"], 4),
+        "cascade_acc": round(chosen["score"], 4),
+        "cascade_threshold": report.get("calibration", {}).get("threshold"),
+        "escalation_rate": round(chosen["escalation_rate"], 4),
+        "answered_by": dict(zip(report["tiers"], (round(x, 4) for x in chosen["answered_by"]), strict=True)),
+        "cost_vs_large": round(chosen["cost_per_item"] / large["cost_per_item"], 4) if large["cost_per_item"] else None,
+        "s_per_item": round(chosen["s_per_item"], 3),
+        "small_s_per_item": round(small["s_per_item"], 3),
+        "apgr": report.get("headline", {}).get("apgr"),
+        "wall_s": round(report["wall_s"], 1),
+    }
 
 
 class Progress:
@@ -42,10 +84,6 @@ def print_table(rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-
-
-def fmt_ci(acc: float, ci: tuple[float, float]) -> str:
-    return f"{acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def emit(summary: dict[str, Any]) -> None:

@@ -2,22 +2,26 @@
 
     python bench/classify.py --data ../shared/datasets/sms_spam_collection/dev.jsonl --limit 300
 
-Each item is answered once per tier; the cascade at each threshold is computed from those
-answers with the node's own policy rules (exact and cheap). Retrieved examples come only
-from the train split (the shared split function keeps duplicates together).
+A thin wrapper over ``agentkit eval``'s computation (:func:`agentkit.evaluate.evaluate_node`): each
+item is answered once per tier; the cascade at each threshold is derived from those answers with
+the node's own policy rules; the threshold is chosen on a calibration half of the held-out items
+and reported on the other half. Retrieved examples come only from the train split (the shared
+split function keeps duplicates together).
+
+    python bench/classify.py --data ../shared/datasets/clinc150_oos/val.jsonl --oos oos --k 4 --limit 300
+
+``--oos LABEL``: that label is not scored; an item no tier is confident about is called out of
+scope, and the JSON line adds ``in_scope_acc`` and ``oos_recall``.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-from _common import DATASETS, Progress, emit, fmt_ci, parser, print_table
+from _common import DATASETS, emit, evaluate, headline_figures, parser
 
-from agentkit import Classify, Policy, Tier
+from agentkit import Classify, Node, Policy
 from agentkit.data import read_jsonl, split_records
-from agentkit.evaluate import answer_all, summarize
 
 INSTRUCTIONS = {
     "sms_spam_collection": (
@@ -49,8 +53,8 @@ def main() -> None:
     p.add_argument("--verbalize", default="", help="label=word pairs (ask=yes,not_ask=no), or 'spaces' (a_b -> a b)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     p.add_argument("--retrieval", default="bm25", choices=["bm25", "dense", "hybrid"])
-    p.add_argument("--save", type=Path, default=None, help="write every tier's answer per item (JSONL)")
     p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
+    p.add_argument("--oos", default=None, help="out-of-scope label: abstain to it when no tier is confident")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -61,6 +65,7 @@ def main() -> None:
     labels = (
         json.loads(categories.read_text()) if categories.exists() else sorted({str(r["expected"]) for r in records})
     )
+    labels = [label for label in labels if label != args.oos]
     task = Classify(
         labels,
         instructions=INSTRUCTIONS.get(args.data.parent.name, "Classify the text."),
@@ -72,78 +77,33 @@ def main() -> None:
         calibrate=args.calibrate,
         vote_k=args.knn or 4,
         retrieval=args.retrieval,
+        abstain_label=args.oos,
     )
-    tiers = [Tier(s) for s in (["knn"] if args.knn else []) + args.tiers.split(",")]
-    t0 = time.perf_counter()
-    table = answer_all(task, tiers, [r["input"] for r in items], on_item=Progress(len(items), args.data.parent.name))
-    wall = time.perf_counter() - t0
-    if args.save:
-        with args.save.open("w") as fh:
-            for item, row in zip(items, table, strict=True):
-                answers = [{"tier": t.name, **vars(a)} for t, a in zip(tiers, row, strict=True)]
-                fh.write(json.dumps({"input": item["input"], "expected": item["expected"], "answers": answers}) + "\n")
-
-    def correct(value: object, i: int) -> bool:
-        return value == items[i]["expected"]
-
-    thresholds = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99]
-    s = summarize(table, correct, Policy(), thresholds)
-    names = [t.name for t in tiers]
-    rows = [
-        [
-            name,
-            fmt_ci(r["acc"], r["ci95"]),
-            f"{r['invalid']:.3f}",
-            "-",
-            f"{r['cost_per_item'] * 1e6:.1f}",
-            f"{r['s_per_item']:.2f}",
-        ]
-        for name, r in zip(names, s["tiers"], strict=True)
-    ]
-    rows += [
-        [
-            f"cascade@{c['threshold']}",
-            fmt_ci(c["acc"], c["ci95"]),
-            "-",
-            f"{c['escalation_rate']:.3f}",
-            f"{c['cost_per_item'] * 1e6:.1f}",
-            f"{c['s_per_item']:.2f}",
-        ]
-        for c in s["cascade"]
-    ]
+    tiers = (["knn"] if args.knn else []) + args.tiers.split(",")
+    policy = Policy(when_unsure="abstain") if args.oos else Policy()
+    node = Node(task, tiers, policy, name=args.data.parent.name)
     print(
-        f"\n{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
+        f"{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
         f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn}, retrieval={args.retrieval},"
         f" labels={len(labels)}"
     )
-    print_table(rows, ["config", "accuracy [95% CI]", "invalid", "escalated", "µ$/item", "s/item"])
-    large = s["tiers"][-1]
-    small = s["tiers"][1 if args.knn else 0]
-    if args.threshold is not None:
-        pick = min(s["cascade"], key=lambda c: abs(c["threshold"] - args.threshold))
-    else:  # the cheapest sweep point within 1 point of the best cascade accuracy
-        top = max(c["acc"] for c in s["cascade"])
-        pick = min((c for c in s["cascade"] if c["acc"] >= top - 0.01), key=lambda c: c["cost_per_item"])
-    emit(
-        {
-            "bench": "classify",
-            "data": str(args.data),
-            "n": len(items),
-            "small_acc": round(small["acc"], 4),
-            "knn_acc": round(s["tiers"][0]["acc"], 4) if args.knn else None,
-            "large_acc": round(large["acc"], 4),
-            "cascade_acc": round(pick["acc"], 4),
-            "cascade_threshold": pick["threshold"],
-            "escalation_rate": round(pick["escalation_rate"], 4),
-            "answered_by": dict(zip(names, (round(x, 4) for x in pick["answered_by"]), strict=True)),
-            "cost_vs_large": round(pick["cost_per_item"] / large["cost_per_item"], 4)
-            if large["cost_per_item"]
-            else None,
-            "s_per_item": round(pick["s_per_item"], 3),
-            "small_s_per_item": round(small["s_per_item"], 3),
-            "wall_s": round(wall, 1),
-        }
-    )
+    report = evaluate(node, items, args)
+    figures = {"bench": "classify", "data": str(args.data)} | headline_figures(report, 1 if args.knn else 0)
+    if args.knn:
+        figures["knn_acc"] = round((report.get("test") or report["all"])["tier0"]["score"], 4)
+    if args.oos:  # low confidence -> out of scope: in-scope accuracy and OOS recall of the chosen cascade
+        section = report.get("test") or report["all"]
+        confusion = section[report["calibration"]["picked"] if "calibration" in report else "tier0"]["quality"][
+            "confusion"
+        ]
+        in_scope = {g: row for g, row in confusion.items() if g != args.oos}
+        figures["in_scope_acc"] = round(
+            sum(row.get(g, 0) for g, row in in_scope.items()) / max(1, sum(sum(r.values()) for r in in_scope.values())),
+            4,
+        )
+        oos_row = confusion.get(args.oos, {})
+        figures["oos_recall"] = round(oos_row.get(args.oos, 0) / sum(oos_row.values()), 4) if oos_row else None
+    emit(figures)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,11 @@ only from the train split.
 
 from __future__ import annotations
 
-import time
+from _common import DATASETS, emit, evaluate, parser
 
-from _common import DATASETS, Progress, emit, fmt_ci, parser, print_table
-
-from agentkit import Cleanse, Extract, Policy, Tier
-from agentkit.data import compare_fields, parse_amount, parse_date, read_jsonl, split_records
-from agentkit.evaluate import answer_all, cascade, wilson
+from agentkit import Cleanse, Extract, Node, Policy
+from agentkit.data import parse_amount, parse_date, read_jsonl, split_records
 from schemas.receipt import FIELD_KINDS, Receipt
-
-FIELDS = list(FIELD_KINDS)
 
 
 def total_in_text(value: Receipt, text: str) -> str | None:
@@ -42,8 +37,6 @@ def main() -> None:
     split = split_records(read_jsonl(args.data), seed=args.seed)
     items = split.test[: args.limit]
     cleanse = Cleanse()
-    tiers = [Tier(s) for s in args.tiers.split(",")]
-    names = [t.name for t in tiers]
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.cleanse]
     headline: dict = {
         "bench": "extract",
@@ -52,7 +45,6 @@ def main() -> None:
         "verbatim": args.verbatim,
         "k": args.k,
     }
-    rows = []
     for use_cleanse in modes:
         prep = cleanse.apply_rules if use_cleanse else (lambda t: t)
         pool = [{"input": prep(r["input"]), "expected": r["expected"]} for r in split.train]
@@ -66,51 +58,22 @@ def main() -> None:
             verbatim={"total": "amount", "date": "date"} if args.verbatim else None,
         )
         label = "cleanse" if use_cleanse else "raw"
-        t0 = time.perf_counter()
-        table = answer_all(task, tiers, [prep(r["input"]) for r in items], on_item=Progress(len(items), label))
-        wall = time.perf_counter() - t0
-
-        def score(values: list, tag: str, extra: dict, label: str = label) -> dict:
-            n = len(items)
-            per = {f: 0 for f in FIELDS}
-            per_exact = {f: 0 for f in FIELDS}
-            all_right = 0
-            for v, item in zip(values, items, strict=True):
-                cmp = compare_fields(v, item["expected"], FIELD_KINDS)
-                for f in FIELDS:
-                    per[f] += cmp[f]["normalized"]
-                    per_exact[f] += cmp[f]["exact"]
-                all_right += all(c["normalized"] for c in cmp.values())
-            lo, hi = wilson(all_right, n)
-            rows.append(
-                [f"{label}/{tag}", fmt_ci(all_right / n, (lo, hi))]
-                + [f"{per[f] / n:.2f} ({per_exact[f] / n:.2f})" for f in FIELDS]
-                + [extra.get("esc", "-"), f"{extra['cost'] * 1e6:.0f}", f"{extra['s']:.1f}"]
-            )
-            return {"all_fields": all_right / n, **{f: per[f] / n for f in FIELDS}}
-
-        results = {}
-        for t, name in enumerate(names):
-            vals = [row[t].value if row[t].valid else None for row in table]
-            cost = sum(row[t].cost_usd for row in table) / len(table)
-            secs = sum(row[t].seconds for row in table) / len(table)
-            results[name] = score(vals, name, {"cost": cost, "s": secs})
-        if len(tiers) > 1:
-            for th in (0.5, 0.8, 0.9):
-                outs = [cascade(row, Policy(threshold=th)) for row in table]
-                results[f"cascade@{th}"] = score(
-                    [o.value for o in outs],
-                    f"cascade@{th}",
-                    {
-                        "esc": f"{sum(o.escalated for o in outs) / len(outs):.2f}",
-                        "cost": sum(o.cost_usd for o in outs) / len(outs),
-                        "s": sum(o.seconds for o in outs) / len(outs),
-                    },
-                )
-        headline[label] = {k: {m: round(x, 4) for m, x in v.items()} for k, v in results.items()}
-        headline[f"{label}_wall_s"] = round(wall, 1)
-    print(f"\n{args.data} — n={len(items)} held-out receipts, k={args.k}; per field: normalized (exact)")
-    print_table(rows, ["config", "all 4 right [95% CI]", *FIELDS, "escalated", "µ$/item", "s/item"])
+        node = Node(task, args.tiers.split(","), Policy(), name=f"sroie/{label}")
+        records = [{"id": str(r["id"]), "input": prep(r["input"]), "expected": r["expected"]} for r in items]
+        cache = args.save.with_suffix(f".{label}.jsonl") if args.save else None  # one answer file per variant
+        report = evaluate(node, records, args, kinds=FIELD_KINDS, thresholds=(0.5, 0.8, 0.9), cache=cache)
+        section = report.get("test") or report["all"]
+        pick = report.get("calibration", {}).get("picked", "tier0")
+        headline[label] = {
+            "split": report.get("split"),
+            "config": pick,
+            "all_fields": round(section[pick]["quality"]["all_fields"], 4),
+            "fields": {f: round(v["normalized"], 4) for f, v in section[pick]["quality"]["fields"].items()},
+            "small_all_fields": round(section["tier0"]["quality"]["all_fields"], 4),
+            "escalation_rate": round(section[pick]["escalation_rate"], 4),
+            "s_per_item": round(section[pick]["s_per_item"], 2),
+            "wall_s": round(report["wall_s"], 1),
+        }
     emit(headline)
 
 

@@ -16,10 +16,11 @@ from agentkit.evaluate import (
     answer_all,
     calibrate,
     cascade,
+    configurations,
     evaluate_node,
+    figures,
     headline,
     percentile,
-    summarize,
     wilson,
 )
 from agentkit.metrics import grounded_scores, squad_f1
@@ -48,8 +49,9 @@ def test_abstaining_cascade_returns_the_abstention_and_counts_it():
     out = cascade(row, Policy(threshold=0.8, when_unsure="abstain"), abstention="ABSTAIN")
     assert out.value == "ABSTAIN" and out.abstained and out.tier is None
     assert out.cost_usd == pytest.approx(4e-6)
-    s = summarize([row], lambda v, i: v == "ABSTAIN", Policy(when_unsure="abstain"), [0.8], abstention="ABSTAIN")
-    assert s["cascade"][0]["acc"] == 1.0 and s["cascade"][0]["answered_by"] == [0.0, 0.0]
+    outs = configurations([row], Policy(when_unsure="abstain"), [0.8], abstention="ABSTAIN")["cascade@0.8"]
+    f = figures(outs, [float(o.value == "ABSTAIN") for o in outs], 2)
+    assert f["score"] == 1.0 and f["answered_by"] == [0.0, 0.0] and f["abstained"] == 1.0 and f["failures"] == 0
 
 
 def test_answered_by_and_escalation_rate():
@@ -58,11 +60,12 @@ def test_answered_by_and_escalation_rate():
         [TierAnswer("b", True, 0.60, 0, 0), TierAnswer("a", True, 0.9, 0, 0)],
         [TierAnswer(None, False, None, 0, 0), TierAnswer("b", True, 0.9, 0, 0)],
     ]
-    s = summarize(rows, lambda v, i: v == "a", Policy(), [0.8])
-    c = s["cascade"][0]
+    configs = configurations(rows, Policy(), [0.8])
+    outs = configs["cascade@0.8"]
+    c = figures(outs, [float(o.value == "a") for o in outs], 2)
     assert c["answered_by"] == pytest.approx([1 / 3, 2 / 3])
-    assert c["escalation_rate"] == pytest.approx(2 / 3) and c["acc"] == pytest.approx(2 / 3)
-    assert s["tiers"][0]["invalid"] == pytest.approx(1 / 3)
+    assert c["escalation_rate"] == pytest.approx(2 / 3) and c["score"] == pytest.approx(2 / 3)
+    assert [o.tier for o in configs["tier0"]] == [0, 0, None]  # the small tier alone fails the invalid one
 
 
 def test_squad_scoring():
