@@ -337,7 +337,8 @@ def evaluate_node(
     calib = [
         i for i in every if split_of(str(done[i]["input"]), seed=seed + 1, test_fraction=calibration_share) == "test"
     ]
-    test = [i for i in every if i not in set(calib)]
+    in_calib = set(calib)
+    test = [i for i in every if i not in in_calib]
     if len(calib) < 5 or len(test) < 5:  # too few to split: calibrate and report on every item
         calib, test, split_note = every, every, "too few items to split: calibrated and reported on the same items"
     else:

@@ -115,6 +115,15 @@ def _svg(fig: Any) -> str:
     return text[text.find("<svg") :]
 
 
+def _finish(fig: Any, ax: Any, title: str, xlabel: str, ylabel: str) -> str:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
 def plots(report: dict[str, Any]) -> dict[str, str]:
     """SVG plots: the cost–score frontier, score and escalation vs threshold, reliability diagram."""
     import matplotlib
@@ -139,23 +148,14 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
             ax.annotate(
                 f"{th:g}", (f["cost_per_item"] * 1e6, f["score"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-    ax.set_xlabel("cost per item (µ$)")
-    ax.set_ylabel("score")
-    ax.set_title("cost–score frontier")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    out["frontier"] = _svg(fig)
+    out["frontier"] = _finish(fig, ax, "cost–score frontier", "cost per item (µ$)", "score")
     if cascades:
         fig, ax = plt.subplots(figsize=(6, 4))
         ths = [th for th, _ in cascades]
         ax.plot(ths, [f["score"] for _, f in cascades], "o-", label="score")
         ax.plot(ths, [f["escalation_rate"] for _, f in cascades], "s--", label="escalation rate")
-        ax.set_xlabel("confidence threshold")
         ax.set_ylim(0, 1.02)
-        ax.set_title("score and escalation vs threshold")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        out["threshold"] = _svg(fig)
+        out["threshold"] = _finish(fig, ax, "score and escalation vs threshold", "confidence threshold", "")
     if report.get("reliability"):
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
@@ -165,12 +165,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
                 ax.plot(
                     [b["confidence"] for b in r["table"]], [b["accuracy"] for b in r["table"]], "o-", label=name + ece
                 )
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("score")
-        ax.set_title("reliability")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        out["reliability"] = _svg(fig)
+        out["reliability"] = _finish(fig, ax, "reliability", "confidence", "score")
     return out
 
 
