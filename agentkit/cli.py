@@ -59,7 +59,7 @@ def _app():  # type: ignore[no-untyped-def]
 
         from agentkit.runner import completed_ids, iter_inputs, run_batch
 
-        err = Console(stderr=True)
+        err = Console(stderr=True, soft_wrap=True)
         graph = _load(target, config, err)
         items = list(iter_inputs(inputs))
         done = completed_ids(out) if out is not None else set()
@@ -132,7 +132,7 @@ def _app():  # type: ignore[no-untyped-def]
         from agentkit.report import print_report, write_html, write_json
         from agentkit.runner import load_records
 
-        err = Console(stderr=True)
+        err = Console(stderr=True, soft_wrap=True)
         loaded = _load(target, config, err)
         try:
             records = load_records(data, limit)
