@@ -58,6 +58,9 @@ class LlamaCppEngine:
     ) -> None:
         """
         Args:
+            n_threads: compute threads (default: ``$AGENTKIT_THREADS``, else every CPU). Give each
+                process its own share when several run at once: llama.cpp's threads spin while
+                they wait, so oversubscribed cores slow every process many times over.
             prefix_cache: ``False`` recomputes every prompt from scratch (for measuring the gain).
             prefix_states: fixed prefixes kept as saved KV states (least recently used dropped);
                 each costs (prefix tokens × ~12 KB) for the 0.5B model, ~28 KB for the 1.5B.
@@ -69,7 +72,7 @@ class LlamaCppEngine:
         self.name = name or self.model_path.stem
         self.capabilities = Capabilities(constrained=True, token_probs=True, scoring=True, context=n_ctx)
         self._n_ctx = n_ctx
-        self._n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self._n_threads = n_threads or int(os.environ.get("AGENTKIT_THREADS") or 0) or max(1, os.cpu_count() or 1)
         self._n_batch = n_batch
         self._lock = threading.RLock()
         self._llm: Any = None
