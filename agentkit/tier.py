@@ -1,8 +1,11 @@
 """Tier: an engine + its price + a name, built from a spec string.
 
 Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora=PATH``,
-``&n_ctx=4096``), and two tiers with no model: ``rules`` (deterministic rules only) and ``knn``
-(a vote of the nearest labelled examples). Engines are shared: one per model file, loaded on first use.
+``&n_ctx=4096``), an OpenAI-compatible server ``server:http://host:port/v1?model=NAME``
+(optional ``&flavor=vllm|llamacpp|openai``, ``&context=``, ``&api_key_env=``,
+``&logprobs=false``; ``vllm:URL`` is the same with ``flavor=vllm``), and two tiers with no model:
+``rules`` (deterministic rules only) and ``knn`` (a vote of the nearest labelled examples).
+Engines are shared: one per model file or server, loaded on first use.
 """
 
 from __future__ import annotations
@@ -90,7 +93,36 @@ def _engine_from_spec(spec: str) -> Engine:
         if not target:
             raise ConfigError("gguf: spec needs a path, e.g. gguf:/models/qwen.gguf")
         return _llamacpp(str(Path(target).expanduser().resolve()), Path(target).expanduser(), None, opts)
-    raise ConfigError(f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH, rules or knn")
+    if kind in ("server", "vllm"):
+        if not target.startswith(("http://", "https://")):
+            raise ConfigError(f"{kind}: spec needs a URL, e.g. {kind}:http://127.0.0.1:8000/v1?model=NAME")
+        return _server(target, kind, opts)
+    raise ConfigError(
+        f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH, server:URL, vllm:URL, rules or knn"
+    )
+
+
+def _server(url: str, kind: str, opts: dict[str, str]) -> Engine:
+    from agentkit.backends.openai_server import OpenAIServerEngine
+
+    flavor = opts.get("flavor", "vllm" if kind == "vllm" else "auto")
+    known = {"model", "flavor", "context", "api_key_env", "logprobs", "timeout_s"}
+    unknown = set(opts) - known
+    if unknown:
+        raise ConfigError(f"unknown server tier options {sorted(unknown)}", hint=", ".join(sorted(known)))
+    key = f"server:{url}|{sorted(opts.items())}|{flavor}"
+    return shared_engine(
+        key,
+        lambda: OpenAIServerEngine(
+            url,
+            opts.get("model"),
+            flavor=flavor,  # type: ignore[arg-type]
+            api_key_env=opts.get("api_key_env", "OPENAI_API_KEY"),
+            context=int(opts.get("context", "4096")),
+            logprobs=opts.get("logprobs", "true").lower() != "false",
+            timeout_s=float(opts.get("timeout_s", "120")),
+        ),
+    )
 
 
 class _RulesOnly:

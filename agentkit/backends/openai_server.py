@@ -1,0 +1,235 @@
+"""An OpenAI-compatible chat-completions server as an engine: vLLM, llama.cpp's servers, Ollama,
+LM Studio, hosted providers (``pip install 'agentkit[openai]'``).
+
+Servers differ in how they take a constraint, so each request is shaped for the server's
+*flavor* (given, or detected from ``/models``):
+
+- ``vllm``: ``response_format`` ``json_schema`` for JSON; ``structured_outputs`` ``{"choice"|"regex": ...}``
+  for the rest (the old ``guided_*`` fields are silently ignored by current vLLM: never sent);
+- ``llamacpp`` (llama-cpp-python's server): ``response_format`` ``{"type": "json_object", "schema": ...}``
+  for JSON, a GBNF ``grammar`` for a choice; no regex;
+- ``openai`` (hosted APIs): ``response_format`` ``json_schema`` (strict); a choice as a JSON enum.
+
+A constraint is never trusted: before first use the engine sends a **canary** — a request whose
+right answer is impossible unless the constraint is live — and refuses the server with a clear
+error if the constraint was ignored (this is also the readiness check: a real completion, not
+``/health``). Confidence comes from the returned token log-probabilities where the server gives
+them (``token_probs``); a server without them gives none, and its answers are accepted on
+validation alone only at the last tier. Timeouts, connection errors, 429 and 5xx raise retryable
+:class:`EngineError` (the node retries them with tenacity); other 4xx are not retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+import time
+from typing import Any, Literal
+
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.errors import ConfigError, EngineError, ModelUnavailableError
+
+Flavor = Literal["auto", "vllm", "llamacpp", "openai"]
+CANARY_OPTIONS = ["qv7zx", "kj3wp"]
+"""The only two replies the canary allows; asked for a different word, a model says neither
+unless the constraint is enforced."""
+
+
+class OpenAIServerEngine:
+    """Chat completions from an OpenAI-compatible server at ``base_url`` (``http://host:port/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        flavor: Flavor = "auto",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 120.0,
+        context: int = 4096,
+        logprobs: bool = True,
+        name: str | None = None,
+        canary: bool = True,
+    ) -> None:
+        """
+        Args:
+            model: the served model's name (default: the first one ``/models`` lists).
+            flavor: how to send constraints (see the module doc); ``auto`` asks ``/models``.
+            api_key_env: environment variable holding the API key (never logged; a local server
+                needs none).
+            context: the served context window, in tokens (a server does not report it).
+            logprobs: ask for token log-probabilities (confidence); ``False`` for servers that reject it.
+            canary: prove the constraint is live before first use (leave on outside tests of this check).
+        """
+        try:
+            import openai
+        except ImportError:
+            raise ConfigError("server tiers need the openai client", hint="pip install 'agentkit[openai]'") from None
+        self._openai = openai
+        self.base_url = base_url.rstrip("/")
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=os.environ.get(api_key_env) or "not-needed",
+            timeout=timeout_s,
+            max_retries=0,  # the node retries (tenacity), with its own bounded, jittered policy
+        )
+        self._model = model
+        self._flavor = flavor
+        self._want_logprobs = logprobs
+        self._canary = canary
+        self._ready = False
+        self._lock = threading.Lock()
+        self.name = name or f"{model or 'server'}@{self.base_url}"
+        self.capabilities = Capabilities(constrained=True, token_probs=logprobs, scoring=False, context=context)
+
+    # ---- set-up: which model, which flavor, and a live constraint ---------------------
+
+    def _setup(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            if self._model is None or self._flavor == "auto":
+                listed = self._call(lambda: self._client.models.list())
+                models = list(getattr(listed, "data", []) or [])
+                if not models:
+                    raise ModelUnavailableError(f"{self.base_url} serves no model")
+                first = models[0]
+                if self._model is None:
+                    self._model = first.id
+                if self._flavor == "auto":
+                    owner = str(getattr(first, "owned_by", "") or "").lower()
+                    self._flavor = (
+                        "vllm" if owner == "vllm" else "llamacpp" if owner in ("me", "llamacpp") else "openai"
+                    )
+            self.name = f"{self._model}@{self.base_url}"
+            self._ready = True
+        if self._canary:
+            self.check_constraint()
+
+    @property
+    def flavor(self) -> str:
+        self._setup()
+        return self._flavor
+
+    def check_constraint(self) -> None:
+        """Send the canary: asked to reply ``hello``, a constrained model can only say one of
+        :data:`CANARY_OPTIONS`. Raises :class:`ConfigError` if the server ignored the constraint."""
+        messages = [{"role": "user", "content": "Reply with exactly the word: hello"}]
+        gen = self._generate(messages, Constraint.choice(CANARY_OPTIONS), max_tokens=8)
+        if gen.text.strip() not in CANARY_OPTIONS:
+            raise ConfigError(
+                f"{self.name} ignored the output constraint (flavor {self._flavor!r}):"
+                f" the canary got {gen.text[:40]!r}",
+                hint="set the server's flavor (vllm, llamacpp, openai) or use a server that enforces structured output",
+            )
+
+    # ---- the Engine protocol ----------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """An upper estimate (no tokenizer here): about one token per three characters."""
+        return math.ceil(len(text) / 3)
+
+    def generate(
+        self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
+    ) -> Generation:
+        self._setup()
+        return self._generate(messages, constraint, max_tokens=max_tokens)
+
+    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+        raise ConfigError(f"{self.name} cannot score continuations", hint="tasks use a choice constraint instead")
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def request_fields(self, constraint: Constraint) -> tuple[dict[str, Any], bool]:
+        """The request fields carrying ``constraint`` for this server, and whether the reply is a
+        ``{"answer": ...}`` wrapper to unwrap (a choice sent as JSON)."""
+        kind, spec, flavor = constraint.kind, constraint.spec, self._flavor
+        if kind == "span":
+            constraint = constraint.span_regex()
+            kind, spec = constraint.kind, constraint.spec
+        if kind == "text":
+            return {}, False
+        if kind == "json":
+            schema = json.loads(spec)
+            if flavor == "llamacpp":
+                return {"response_format": {"type": "json_object", "schema": schema}}, False
+            return {"response_format": _json_schema_format(schema)}, False
+        if flavor == "vllm":
+            key = "choice" if kind == "choice" else "regex"
+            value = json.loads(spec) if kind == "choice" else spec
+            return {"extra_body": {"structured_outputs": {key: value}}}, False
+        if kind == "choice" and flavor == "llamacpp":
+            options = " | ".join(json.dumps(o) for o in json.loads(spec))
+            return {"extra_body": {"grammar": f"root ::= {options}"}}, False
+        if kind == "choice":  # hosted APIs: a JSON object whose one field is the choice
+            schema = {
+                "type": "object",
+                "properties": {"answer": {"type": "string", "enum": json.loads(spec)}},
+                "required": ["answer"],
+                "additionalProperties": False,
+            }
+            return {"response_format": _json_schema_format(schema)}, True
+        raise ConfigError(f"{self.name}: a {flavor} server takes no {kind} constraint", hint="use a vllm server")
+
+    def _generate(self, messages: list[Message], constraint: Constraint, *, max_tokens: int) -> Generation:
+        fields, wrapped = self.request_fields(constraint)
+        extra = fields.pop("extra_body", None)
+        args: dict[str, Any] = {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            **fields,
+        }
+        if self._want_logprobs:
+            args |= {"logprobs": True, "top_logprobs": 1}
+        if extra:
+            args["extra_body"] = extra
+        t0 = time.perf_counter()
+        response = self._call(lambda: self._client.chat.completions.create(**args))
+        seconds = time.perf_counter() - t0
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        tokens = [(t.token, t.logprob) for t in (getattr(choice.logprobs, "content", None) or [])]
+        probs = [math.exp(lp) for _, lp in tokens] if tokens else None
+        offsets, at = [], 0
+        for tok, _ in tokens:
+            offsets.append(at)
+            at += len(tok)
+        if wrapped:  # {"answer": "x"} -> "x"; its probability is that of the whole reply
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):  # else the task reports it
+                text = str(json.loads(text)["answer"])
+            offsets = []
+        usage = response.usage
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
+        return Generation(
+            text=text,
+            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            token_probs=probs if self._want_logprobs else None,
+            offsets=offsets if len(offsets) == len(probs or []) and at == len(text) else [],
+            usage=Usage(
+                prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                cached_tokens=cached,
+                completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                seconds=seconds,
+            ),
+        )
+
+    def _call(self, request: Any) -> Any:
+        """One request; transport failures, 429 and 5xx become retryable EngineErrors, other 4xx not."""
+        openai = self._openai
+        try:
+            return request()
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            raise EngineError(f"{self.base_url}: {type(e).__name__}: {e}", retryable=True) from e
+        except openai.APIStatusError as e:
+            retryable = e.status_code == 429 or e.status_code >= 500
+            detail = str(getattr(e, "message", e))[:300]
+            raise EngineError(f"{self.base_url}: HTTP {e.status_code}: {detail}", retryable=retryable) from e
+
+
+def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}}

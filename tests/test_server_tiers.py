@@ -1,0 +1,170 @@
+"""Server tiers against real servers on 127.0.0.1, started here and stopped after: llama-cpp-python's
+OpenAI-compatible server on the embedded 0.5B model, and (for faults a model server cannot produce
+on demand) a plain stdlib HTTP server that answers 500 or 400."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from agentkit import Classify, Extract, Node, Policy, Tier
+from agentkit.errors import ConfigError, EngineError
+
+pytestmark = pytest.mark.server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's server on the embedded 0.5B GGUF; ready when a real completion answers."""
+    from agentkit.embedded import model_path
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "qwen-0.5b"]  # fmt: skip
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    log_file = log.open("w")  # a file, not a pipe: an undrained pipe fills and blocks the server
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 180
+    import urllib.request
+
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {log.read_text()[-2000:]}")
+        try:
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+            req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        proc.wait()
+        log_file.close()
+        pytest.fail(f"llama_cpp.server did not answer a completion within 180 s: {log.read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log_file.close()
+
+
+def test_server_tier_detects_the_flavor_and_proves_the_constraint(llama_server):
+    tier = Tier(f"server:{llama_server}")
+    assert tier.engine.flavor == "llamacpp"  # detected from /models, then the canary passed
+    assert tier.engine.name == f"qwen-0.5b@{llama_server}"
+
+
+def test_a_server_that_ignores_the_constraint_is_refused(llama_server):
+    # vLLM's request fields sent to llama.cpp's server: ignored with HTTP 200 -> the canary catches it
+    tier = Tier(f"server:{llama_server}?flavor=vllm&model=qwen-0.5b")
+    with pytest.raises(ConfigError, match="ignored the output constraint"):
+        tier.engine.generate([{"role": "user", "content": "hi"}], Classify(["a", "b"])._constraint, max_tokens=4)
+
+
+def test_classify_and_extract_through_a_real_server(llama_server):
+    tier = Tier(f"server:{llama_server}")
+    spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
+    result = spam.run("WINNER!! You have won a 1000 pound prize. Call 09061701461 now to claim")
+    assert result.ok and result.value in ("ham", "spam")
+    (attempt,) = result.attempts
+    assert 0.0 < attempt.confidence <= 1.0 and attempt.confidence_method == "choice-token-probs"
+    assert attempt.prompt_tokens > 0 and attempt.completion_tokens > 0
+
+    import pydantic
+
+    class Receipt(pydantic.BaseModel):
+        company: str
+        total: str
+
+    receipt = Node(Extract(Receipt, max_tokens=80), [tier]).run("ACME SDN BHD\nCoffee 3.50\nTOTAL RM 12.50")
+    assert receipt.ok, receipt.reason
+    assert receipt.value["company"].upper().startswith("ACME") and receipt.value["total"] in ("12.50", "RM 12.50")
+
+
+class _Faulty(http.server.BaseHTTPRequestHandler):
+    status = 500
+    hits = 0
+
+    def do_GET(self):  # /models: a llama.cpp-like listing, so set-up succeeds
+        self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]})
+
+    def do_POST(self):
+        type(self).hits += 1
+        self._send(type(self).status, {"error": {"message": "boom", "type": "server_error"}})
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Faulty.hits = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _engine(url: str):
+    from agentkit.backends.openai_server import OpenAIServerEngine
+
+    return OpenAIServerEngine(url, canary=False, timeout_s=5)
+
+
+@pytest.mark.parametrize("status,retryable", [(500, True), (503, True), (429, True), (400, False), (422, False)])
+def test_http_errors_are_retried_only_when_trying_again_can_help(faulty_server, status, retryable):
+    _Faulty.status = status
+    engine = _engine(faulty_server)
+    with pytest.raises(EngineError) as e:
+        engine.generate([{"role": "user", "content": "x"}], Classify(["a", "b"])._constraint, max_tokens=4)
+    assert e.value.retryable is retryable and f"HTTP {status}" in str(e.value)
+    assert _Faulty.hits == 1  # the client itself never retries: the node does, with its policy
+
+    _Faulty.hits = 0
+    tier = Tier(spec="faulty", name="faulty", engine=engine)
+    result = Node(Classify(["a", "b"]), [tier], Policy(retries=2, retry_wait_s=0.01)).run("text")
+    assert not result.ok and f"HTTP {status}" in result.reason  # a failure record, not a crash
+    assert _Faulty.hits == (3 if retryable else 1)
+
+
+def test_a_closed_port_is_a_retryable_connection_error():
+    engine = _engine(f"http://127.0.0.1:{_free_port()}/v1")
+    with pytest.raises(EngineError) as e:
+        engine.generate([{"role": "user", "content": "x"}], Classify(["a", "b"])._constraint, max_tokens=4)
+    assert e.value.retryable and "APIConnectionError" in str(e.value)
+
+
+def test_server_spec_errors_are_clear():
+    with pytest.raises(ConfigError, match="needs a URL"):
+        Tier("server:localhost:8000")
+    with pytest.raises(ConfigError, match="unknown server tier options"):
+        Tier("server:http://127.0.0.1:1/v1?modle=x")
