@@ -21,7 +21,9 @@ MAX_DOCUMENT_CHARS = 200_000
 
 
 def pdf_text(data: bytes, *, name: str = "document") -> str:
-    """The text layer of a PDF, pages separated by a form feed line."""
+    """The text layer of a PDF, pages separated by a form feed line. Laid out as printed (pypdf's
+    layout mode, like ``pdftotext -layout``: a label and its value stay on one line, words are not
+    glued together), or in reading order where layout extraction fails."""
     try:
         from pypdf import PdfReader
     except ImportError as e:
@@ -30,7 +32,7 @@ def pdf_text(data: bytes, *, name: str = "document") -> str:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):  # an empty user password opens some
             raise InputError(f"{name} is an encrypted PDF (a password is needed)")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages = [_page_text(page) for page in reader.pages]
     except InputError:
         raise
     except Exception as e:  # pypdf raises many types on a damaged file
@@ -39,6 +41,13 @@ def pdf_text(data: bytes, *, name: str = "document") -> str:
     if not text.strip():
         raise InputError(f"{name} has no text layer (a scan? run OCR first)")
     return text
+
+
+def _page_text(page: Any) -> str:
+    try:
+        return page.extract_text(extraction_mode="layout") or ""
+    except Exception:  # noqa: BLE001 - layout mode is stricter on some files: fall back to reading order
+        return page.extract_text() or ""
 
 
 def decode_text(data: bytes, *, name: str = "input") -> str:

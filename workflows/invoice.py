@@ -146,7 +146,7 @@ def _is_date(token: str) -> bool:
 def document_numbers(text: str) -> list[str]:
     """Identifiers printed after an invoice-number label (``Invoice No: 42``, ``Factuurnummer 9935``,
     ``Facture n°5620``) or, in a laid-out table, under one: the candidates for ``invoice_number``.
-    Dates and amounts are not identifiers."""
+    Dates, amounts, years and numbers under four characters are not identifiers."""
     lines = text.splitlines()
     found: list[str] = []
     for i, line in enumerate(lines):
@@ -158,7 +158,7 @@ def document_numbers(text: str) -> list[str]:
                 if b.start(1) < m.end() + 4 and b.end(1) > m.start() - 4:
                     spots.append(b.group(1))
             found += [x.rstrip(".-/") for x in spots if not _is_date(x) and not re.fullmatch(r"[\d,.]+\.\d\d", x)]
-    return list(dict.fromkeys(x for x in found if len(x) >= 3))
+    return list(dict.fromkeys(x for x in found if len(x) >= 4 and not re.fullmatch(r"(19|20)\d\d", x)))
 
 
 # ---- the graph ----------------------------------------------------------------------------
