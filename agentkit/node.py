@@ -218,8 +218,25 @@ class Node:
         """Async :meth:`run` (the engine work runs in a worker thread)."""
         return await asyncio.to_thread(self.run, value, input_id=input_id)
 
-    def batch(self, values: Sequence[Any]) -> list[Result]:
-        return [self.run(v) for v in values]
+    def batch(self, values: Sequence[Any], *, concurrency: int = 1) -> list[Result]:
+        """Results in input order. ``concurrency > 1`` keeps that many items in flight (worth it on
+        server tiers, which batch concurrent requests; a local model serves one at a time anyway)."""
+        if concurrency <= 1:
+            return [self.run(v) for v in values]
+        return asyncio.run(self.abatch(values, concurrency=concurrency))
+
+    async def abatch(self, values: Sequence[Any], *, concurrency: int = 8) -> list[Result]:
+        """Async :meth:`batch`: at most ``concurrency`` items in flight, results in input order;
+        every input ends as a result (a failure is a failed Result, never a lost item)."""
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(value: Any) -> Result:
+            async with gate:
+                return await self.arun(value)
+
+        return list(await asyncio.gather(*(one(v) for v in values)))
 
     # ---- LangGraph -----------------------------------------------------------------
 

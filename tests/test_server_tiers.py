@@ -100,6 +100,21 @@ def test_classify_and_extract_through_a_real_server(llama_server):
     assert receipt.value["company"].upper().startswith("ACME") and receipt.value["total"] in ("12.50", "RM 12.50")
 
 
+def test_a_batch_keeps_several_items_in_flight_and_their_order(llama_server):
+    node = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [Tier(f"server:{llama_server}")])
+    texts = [
+        "Ok lar... Joking wif u oni",
+        "FREE entry to win a prize! Text WIN to 80086",
+        "See you at 6",
+        "",
+        "Call me",
+    ]
+    results = node.batch(texts, concurrency=3)
+    assert [r.input_text for r in results[:3]] == texts[:3]  # input order, whatever order they finished in
+    assert [r.ok for r in results] == [True, True, True, False, True]  # the empty one is a recorded failure
+    assert "empty" in results[3].reason
+
+
 class _Faulty(http.server.BaseHTTPRequestHandler):
     status = 500
     hits = 0

@@ -105,9 +105,9 @@ class OpenAIServerEngine:
                         "vllm" if owner == "vllm" else "llamacpp" if owner in ("me", "llamacpp") else "openai"
                     )
             self.name = f"{self._model}@{self.base_url}"
+            if self._canary:  # under the lock: no request goes out before the constraint is proven
+                self.check_constraint()
             self._ready = True
-        if self._canary:
-            self.check_constraint()
 
     @property
     def flavor(self) -> str:
