@@ -3,7 +3,8 @@
 Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora=PATH``,
 ``&n_ctx=4096``), an OpenAI-compatible server ``server:http://host:port/v1?model=NAME``
 (optional ``&flavor=vllm|llamacpp|openai``, ``&context=``, ``&api_key_env=``,
-``&logprobs=false``; ``vllm:URL`` is the same with ``flavor=vllm``), and two tiers with no model:
+``&logprobs=false``; ``vllm:URL`` is the same with ``flavor=vllm``), a closed model through
+instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), and two tiers with no model:
 ``rules`` (deterministic rules only) and ``knn`` (a vote of the nearest labelled examples).
 Engines are shared: one per model file or server, loaded on first use.
 """
@@ -93,12 +94,38 @@ def _engine_from_spec(spec: str) -> Engine:
         if not target:
             raise ConfigError("gguf: spec needs a path, e.g. gguf:/models/qwen.gguf")
         return _llamacpp(str(Path(target).expanduser().resolve()), Path(target).expanduser(), None, opts)
+    if kind == "api":
+        return _api(target, opts)
     if kind in ("server", "vllm"):
         if not target.startswith(("http://", "https://")):
             raise ConfigError(f"{kind}: spec needs a URL, e.g. {kind}:http://127.0.0.1:8000/v1?model=NAME")
         return _server(target, kind, opts)
     raise ConfigError(
         f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH, server:URL, vllm:URL, rules or knn"
+    )
+
+
+def _api(model: str, opts: dict[str, str]) -> Engine:
+    from agentkit.backends.instructor_api import InstructorEngine
+
+    known = {"base_url", "api_key_env", "mode", "reasks", "error_chars", "timeout_s"}
+    unknown = set(opts) - known
+    if not model or unknown:
+        raise ConfigError(
+            f"bad api tier: model {model!r}, unknown options {sorted(unknown)}", hint=", ".join(sorted(known))
+        )
+    key = f"api:{model}|{sorted(opts.items())}"
+    return shared_engine(
+        key,
+        lambda: InstructorEngine(
+            model,
+            base_url=opts.get("base_url"),
+            api_key_env=opts.get("api_key_env", "OPENAI_API_KEY"),
+            mode=opts.get("mode", "json_schema"),  # type: ignore[arg-type]
+            reasks=int(opts.get("reasks", "2")),
+            error_chars=int(opts.get("error_chars", "300")),
+            timeout_s=float(opts.get("timeout_s", "60")),
+        ),
     )
 
 

@@ -183,3 +183,49 @@ def test_server_spec_errors_are_clear():
         Tier("server:localhost:8000")
     with pytest.raises(ConfigError, match="unknown server tier options"):
         Tier("server:http://127.0.0.1:1/v1?modle=x")
+
+
+# ---- the closed-model tier (instructor), pointed at the local server ----------------------------
+
+
+def _receipt_model():
+    import pydantic
+
+    class Receipt(pydantic.BaseModel):
+        company: str
+        total: str
+
+    return Receipt
+
+
+def test_api_tier_parses_and_validates_through_instructor(llama_server):
+    tier = Tier(f"api:qwen-0.5b?base_url={llama_server}&mode=json")
+    result = Node(Extract(_receipt_model(), max_tokens=80), [tier]).run("ACME SDN BHD\nCoffee 3.50\nTOTAL RM 12.50")
+    assert result.ok, result.reason
+    assert result.value["company"].upper().startswith("ACME") and result.confidence is None
+    assert result.attempts[0].confidence_method == "validated" and result.attempts[0].prompt_tokens > 0
+
+
+def test_api_tier_reasks_a_bounded_number_of_times_with_a_short_error(llama_server, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY_FOR_TEST", "sk-test-123456")
+    tier = Tier(
+        f"api:qwen-0.5b?base_url={llama_server}&mode=json&reasks=2&error_chars=60&api_key_env=SECRET_KEY_FOR_TEST"
+    )
+
+    def never(value, text):  # a rule no reply can satisfy: forces every re-ask
+        return "this reply is never accepted " + "x" * 500
+
+    node = Node(Extract(_receipt_model(), max_tokens=80, validators=[never]), [tier])
+    result = node.run("ACME SDN BHD\nTOTAL RM 12.50")
+    assert not result.ok and "no valid reply after 3 tries" in result.reason
+    calls = tier.engine.calls
+    assert [len(c) for c in calls] == [2, 4, 6]  # system+user, then one reply and one correction per re-ask
+    corrections = [c[-1]["content"] for c in calls[1:]]
+    assert all("never accepted" in c and "x" * 61 not in c for c in corrections)  # the error text is cut
+    assert "sk-test-123456" not in result.reason and "sk-test-123456" not in repr(result)  # the key is never shown
+
+
+def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="no API key: set OPENAI_API_KEY"):
+        Tier("api:gpt-4o-mini")

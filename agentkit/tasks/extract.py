@@ -180,6 +180,8 @@ class Extract(Task):
 
     def answer(self, engine: Engine, text: str) -> Answer:
         choices = self.verbatim_candidates(text)
+        if hasattr(engine, "structured"):  # an API tier: instructor parses, validates and re-asks
+            return self._structured(engine, text, choices)
         gen = engine.generate(self.messages(text), self._narrowed(choices), max_tokens=self.max_tokens, prefix=1)
         problems: list[str] = []
         if gen.finish_reason == "length":
@@ -207,6 +209,18 @@ class Extract(Task):
             problems=problems,
             details={"field_confidence": fields},
         )
+
+    def _structured(self, engine: Any, text: str, choices: Mapping[str, list[str]]) -> Answer:
+        model, usage, problems = engine.structured(
+            self.messages(text), self.schema, text=text, validators=self.validators, max_tokens=self.max_tokens
+        )
+        for name, allowed in choices.items() if model is not None else ():
+            value = getattr(model, name, None)
+            if not (value is None and self._nullable(name)) and str(value) not in allowed:
+                problems.append(f"{name} {value!r} is not one of its {len(allowed)} candidates")
+        value = model.model_dump(mode="json") if model is not None else None
+        raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
+        return Answer(value=value, raw=raw, confidence=None, method="validated", usage=usage, problems=problems)
 
     def settings(self) -> dict[str, Any]:
         return {

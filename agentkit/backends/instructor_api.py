@@ -1,0 +1,178 @@
+"""A closed model (OpenAI, or any OpenAI-compatible API) through instructor, as the top of a ladder
+(``pip install 'agentkit[openai]'``): the reply is parsed into the task's pydantic model and checked
+by the node's own validators; a reply that fails is re-asked with the error, a bounded number of
+times and with the error text cut to ``error_chars`` (re-asks must not grow the context without
+limit). Confidence is not available (``None``): such a tier is accepted on validation alone, which
+the policy allows only at the last rung.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import pydantic
+
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.errors import ConfigError, EngineError
+
+Mode = Literal["json_schema", "json", "tools", "md_json"]
+
+
+def checked_model(
+    schema: type[pydantic.BaseModel], validators: Sequence[Callable[[Any, str], str | None]], error_chars: int
+) -> type[pydantic.BaseModel]:
+    """``schema`` with the node's validators as a model validator (the source text comes in the
+    validation context), raising one error of at most ``error_chars`` characters."""
+
+    def rules(self: Any, info: pydantic.ValidationInfo) -> Any:
+        text = (info.context or {}).get("text", "")
+        problems = [p for p in (check(self, text) for check in validators) if p]
+        if problems:
+            raise ValueError("; ".join(problems)[:error_chars])
+        return self
+
+    return pydantic.create_model(
+        schema.__name__,
+        __base__=schema,
+        __validators__={"_node_rules": pydantic.model_validator(mode="after")(rules)},
+    )
+
+
+class InstructorEngine:
+    """Structured output from ``model`` through instructor, with bounded re-asks."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        mode: Mode = "json_schema",
+        reasks: int = 2,
+        error_chars: int = 300,
+        timeout_s: float = 60.0,
+        context: int = 128_000,
+    ) -> None:
+        """
+        Args:
+            model: the API's model name.
+            base_url: an OpenAI-compatible endpoint (default: OpenAI's).
+            api_key_env: the environment variable holding the key (read here, never logged).
+            mode: instructor's mode: ``json_schema`` (strict structured output), ``json``, ``tools``, ``md_json``.
+            reasks: re-asks after a reply that does not validate (so at most ``1 + reasks`` calls).
+            error_chars: the longest error text sent back in a re-ask.
+        """
+        try:
+            import instructor
+            import openai
+        except ImportError:
+            raise ConfigError(
+                "the API tier needs instructor and openai", hint="pip install 'agentkit[openai]'"
+            ) from None
+        key = os.environ.get(api_key_env)
+        if not key and base_url is None:
+            raise ConfigError(f"no API key: set {api_key_env}", hint="or point base_url at a local server")
+        self._openai = openai
+        self._instructor = instructor
+        modes = {"json_schema": instructor.Mode.JSON_SCHEMA, "json": instructor.Mode.JSON,
+                 "tools": instructor.Mode.TOOLS, "md_json": instructor.Mode.MD_JSON}  # fmt: skip
+        if mode not in modes:
+            raise ConfigError(f"unknown instructor mode {mode!r}", hint=", ".join(modes))
+        raw = openai.OpenAI(base_url=base_url, api_key=key or "not-needed", timeout=timeout_s, max_retries=0)
+        self._client = instructor.from_openai(raw, mode=modes[mode])
+        self.model = model
+        self.reasks = reasks
+        self.error_chars = error_chars
+        self.name = f"api:{model}"
+        self.base_url = base_url or "https://api.openai.com/v1"
+        self.capabilities = Capabilities(constrained=True, token_probs=False, scoring=False, context=context)
+        self.calls: list[list[Message]] = []
+        """The messages of the last structured request's attempts (to see what a re-ask sent)."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    def structured(
+        self,
+        messages: list[Message],
+        schema: type[pydantic.BaseModel],
+        *,
+        text: str = "",
+        validators: Sequence[Callable[[Any, str], str | None]] = (),
+        max_tokens: int = 512,
+    ) -> tuple[pydantic.BaseModel | None, Usage, list[str]]:
+        """The reply as ``schema``, checked by ``validators`` against ``text``, re-asked at most
+        ``reasks`` times; or None and the problems of the last attempt."""
+        model_cls = checked_model(schema, validators, self.error_chars) if validators else schema
+        self.calls = []
+        hooks = {"completion:kwargs": lambda *a, **kw: self.calls.append(list(kw.get("messages", [])))}
+        t0 = time.perf_counter()
+        try:
+            value, completion = self._client.chat.completions.create_with_completion(
+                model=self.model,
+                messages=messages,
+                response_model=model_cls,
+                max_retries=self.reasks,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                context={"text": text},
+                hooks=self._hooks(hooks),
+            )
+        except self._instructor.core.InstructorRetryException as e:
+            cause = e.__cause__ or e
+            if isinstance(cause, self._openai.APIError):
+                raise _engine_error(self._openai, self.base_url, cause) from e
+            if not isinstance(cause, (pydantic.ValidationError, ValueError)) or isinstance(cause, TypeError):
+                raise  # not the model's reply: a bug, not a failed answer
+            usage = Usage(seconds=time.perf_counter() - t0)
+            tries = getattr(e, "n_attempts", None) or len(self.calls)
+            return None, usage, [f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}"]
+        except self._openai.APIError as e:
+            raise _engine_error(self._openai, self.base_url, e) from e
+        u = getattr(completion, "usage", None)
+        usage = Usage(
+            prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(u, "completion_tokens", 0) or 0,
+            seconds=time.perf_counter() - t0,
+        )
+        return value, usage, []
+
+    def _hooks(self, handlers: Mapping[str, Callable[..., None]]) -> Any:
+        hooks = self._instructor.hooks.Hooks()
+        for event, handler in handlers.items():
+            hooks.on(event, handler)
+        return hooks
+
+    def generate(
+        self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
+    ) -> Generation:
+        """A choice as a one-field model (``{"answer": one of ...}``); JSON as a free object (tasks with a
+        pydantic schema use :meth:`structured`)."""
+        import json
+
+        if constraint.kind != "choice":
+            raise ConfigError(f"{self.name}: use structured() for {constraint.kind} output")
+        options = tuple(json.loads(constraint.spec))
+        reply = pydantic.create_model("Reply", answer=(Literal[options], ...))  # type: ignore[valid-type]
+        value, usage, problems = self.structured(messages, reply, max_tokens=max_tokens)
+        return Generation(
+            text=str(value.answer) if value is not None else "",  # type: ignore[attr-defined]
+            finish_reason="stop",
+            token_probs=None,
+            usage=usage,
+        )
+
+    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+        raise ConfigError(f"{self.name} cannot score continuations")
+
+
+def _engine_error(openai: Any, where: str, e: Exception) -> EngineError:
+    """Transport failures, 429 and 5xx are retryable; other 4xx are not."""
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
+        return EngineError(f"{where}: {type(e).__name__}: {e}", retryable=True)
+    status = getattr(e, "status_code", 0) or 0
+    detail = str(getattr(e, "message", e))[:300]
+    return EngineError(f"{where}: HTTP {status}: {detail}", retryable=status == 429 or status >= 500)
