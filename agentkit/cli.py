@@ -118,6 +118,9 @@ def _app():  # type: ignore[no-untyped-def]
         seed: Annotated[int, typer.Option("--seed", help="calibration/test split seed")] = 0,
         field: Annotated[str | None, typer.Option("--field", help="workflow output key to compare")] = None,
         map_fields: Annotated[str, typer.Option("--fields", help="gold=output field names, comma-separated")] = "",
+        kinds: Annotated[
+            str, typer.Option("--kinds", help="field=date|amount|text, how gold fields compare (default text)")
+        ] = "",
         write_config: Annotated[
             Path | None, typer.Option("--write-config", help="save the chosen threshold here (agentkit run reads it)")
         ] = None,
@@ -138,6 +141,9 @@ def _app():  # type: ignore[no-untyped-def]
             records = load_records(data, limit)
             sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
             fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
+            field_kinds = dict(pair.split("=", 1) for pair in kinds.split(",") if pair.strip())
+            if set(field_kinds.values()) - {"date", "amount", "text"}:
+                raise ValueError(f"--kinds takes date, amount or text, got {kinds!r}")
         except (AgentkitError, ValueError) as e:
             err.print(f"[red]{e}[/red]")
             raise typer.Exit(2) from None
@@ -152,10 +158,12 @@ def _app():  # type: ignore[no-untyped-def]
             if isinstance(loaded, Node):
                 report = evaluate_node(
                     loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
-                    cache=out / "answers.jsonl", fields=fields or None, on_item=step,
+                    cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
                 )  # fmt: skip
             else:
-                report = evaluate_workflow(loaded, records, field=field, fields=fields or None, on_item=step)
+                report = evaluate_workflow(
+                    loaded, records, field=field, fields=fields or None, kinds=field_kinds or None, on_item=step
+                )
         report["data"] = str(data)
         print_report(report, err)
         err.print(f"report: {write_json(report, out / 'report.json')}  {write_html(report, out / 'report.html')}")
