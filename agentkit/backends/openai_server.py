@@ -4,8 +4,9 @@ LM Studio, hosted providers (``pip install 'agentkit[openai]'``).
 Servers differ in how they take a constraint, so each request is shaped for the server's
 *flavor* (given, or detected from ``/models``):
 
-- ``vllm``: ``response_format`` ``json_schema`` for JSON; ``structured_outputs`` ``{"choice"|"regex": ...}``
-  for the rest (the old ``guided_*`` fields are silently ignored by current vLLM: never sent);
+- ``vllm``: ``structured_outputs`` ``{"json"|"choice"|"regex": ...}`` (JSON with ``disable_any_whitespace``:
+  given free whitespace, small models pad JSON with newlines); the old ``guided_*`` fields are
+  silently ignored by current vLLM (HTTP 200, unconstrained), so they are never sent;
 - ``llamacpp`` (llama-cpp-python's server): ``response_format`` ``{"type": "json_object", "schema": ...}``
   for JSON, a GBNF ``grammar`` for a choice; no regex;
 - ``openai`` (hosted APIs): ``response_format`` ``json_schema`` (strict); a choice as a JSON enum.
@@ -154,6 +155,8 @@ class OpenAIServerEngine:
             return {}, False
         if kind == "json":
             schema = json.loads(spec)
+            if flavor == "vllm":  # no free whitespace: small models otherwise pad JSON with newlines
+                return {"extra_body": {"structured_outputs": {"json": schema, "disable_any_whitespace": True}}}, False
             if flavor == "llamacpp":
                 return {"response_format": {"type": "json_object", "schema": schema}}, False
             return {"response_format": _json_schema_format(schema)}, False
@@ -193,12 +196,14 @@ class OpenAIServerEngine:
         seconds = time.perf_counter() - t0
         choice = response.choices[0]
         text = choice.message.content or ""
-        tokens = [(t.token, t.logprob) for t in (getattr(choice.logprobs, "content", None) or [])]
-        probs = [math.exp(lp) for _, lp in tokens] if tokens else None
-        offsets, at = [], 0
-        for tok, _ in tokens:
-            offsets.append(at)
-            at += len(tok)
+        tokens = list(getattr(choice.logprobs, "content", None) or [])
+        probs = [math.exp(t.logprob) for t in tokens] if tokens else None
+        offsets, raw = [], b""
+        for t in tokens:  # character offsets from the tokens' bytes (a character may span tokens)
+            offsets.append(len(raw.decode("utf-8", errors="ignore")))
+            raw += bytes(t.bytes) if getattr(t, "bytes", None) is not None else t.token.encode()
+        if not raw.decode("utf-8", errors="ignore").startswith(text):  # tokens that do not spell the text
+            offsets = []
         if wrapped:  # {"answer": "x"} -> "x"; its probability is that of the whole reply
             with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):  # else the task reports it
                 text = str(json.loads(text)["answer"])
@@ -209,7 +214,7 @@ class OpenAIServerEngine:
             text=text,
             finish_reason="length" if choice.finish_reason == "length" else "stop",
             token_probs=probs if self._want_logprobs else None,
-            offsets=offsets if len(offsets) == len(probs or []) and at == len(text) else [],
+            offsets=offsets,
             usage=Usage(
                 prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                 cached_tokens=cached,

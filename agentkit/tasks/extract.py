@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,11 @@ Validator = Callable[[Any, str], "str | None"]
 
 CandidateFinder = Callable[[str], list[str]]
 """``source_text -> candidate values`` for a verbatim field."""
+
+
+RUNAWAY_WHITESPACE = re.compile(r"\n[ \t]*\n|[ \t]{17,}")
+"""A blank line or a long run of spaces: a model padding its JSON (where the constraint allows any
+whitespace) rather than writing it; pretty-printed JSON has neither."""
 
 
 def field_spans(text: str) -> dict[str, tuple[int, int]]:
@@ -186,7 +192,7 @@ class Extract(Task):
         problems: list[str] = []
         if gen.finish_reason == "length":
             problems.append(f"output cut at the token limit ({self.max_tokens})")
-        if "  " in gen.text or "\n\n" in gen.text:
+        if RUNAWAY_WHITESPACE.search(gen.text):  # indented JSON is fine; blank lines or long runs are not
             problems.append("runaway whitespace in output")
         model, parse_problems = self.parse(gen.text, text)
         problems += parse_problems
