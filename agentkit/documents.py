@@ -91,11 +91,13 @@ class Email:
     """File name → extracted text (PDF or text attachments; others are listed with an empty text)."""
 
     def as_text(self, attachment_chars: int = 400) -> str:
-        """Subject, body and the start of each attachment, as a classifier reads the message."""
+        """Subject, body and the first ``attachment_chars`` characters of each attachment's words
+        (whitespace collapsed), as a classifier reads the message."""
         parts = [f"Subject: {self.subject}"] if self.subject else []
         parts.append(self.body)
         for name, text in self.attachments.items():
-            parts.append(f"[attachment {name}]\n{text[:attachment_chars]}".strip())
+            start = " ".join(text.split())[:attachment_chars]  # words, not a laid-out page's margins
+            parts.append(f"[attachment {name}]\n{start}".strip())
         return "\n\n".join(p for p in parts if p).strip()
 
 
