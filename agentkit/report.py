@@ -78,9 +78,9 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     if h:
         parts = []
         if h.get("cost_vs_large_at_matched_score") is not None:
-            parts.append(f"cost vs large-only at matched score: {h['cost_vs_large_at_matched_score']:.2f}×")
+            parts.append(f"cost vs large-only at matched score: {h['cost_vs_large_at_matched_score']:.3g}×")
         if h.get("cascade_vs_large_cost") is not None:
-            parts.append(f"at the chosen threshold: {h['cascade_vs_large_cost']:.2f}×")
+            parts.append(f"at the chosen threshold: {h['cascade_vs_large_cost']:.3g}×")
         if h.get("pgr") is not None:
             parts.append(f"gap recovered {h['pgr']:.0%}")
             if h.get("pgr_per_escalated") is not None:
