@@ -4,14 +4,17 @@ on demand) a plain stdlib HTTP server that answers 500 or 400."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,45 +30,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """llama-cpp-python's server on the embedded 0.5B GGUF; ready when a real completion answers."""
-    from agentkit.embedded import model_path
-
-    port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "qwen-0.5b"]  # fmt: skip
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
-    log_file = log.open("w")  # a file, not a pipe: an undrained pipe fills and blocks the server
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 180
+@contextlib.contextmanager
+def serving(cmd: list[str], log: Path, *, env: dict | None = None, model: str = "qwen-0.5b", timeout_s: float = 180):
+    """Start a server (its own process group), yield its /v1 URL once a real completion answers (a
+    health endpoint can answer while the engine is dead), then stop the whole group."""
     import urllib.request
 
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {log.read_text()[-2000:]}")
-        try:
-            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
-            req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        proc.wait()
-        log_file.close()
-        pytest.fail(f"llama_cpp.server did not answer a completion within 180 s: {log.read_text()[-2000:]}")
-    yield url
-    proc.terminate()
+    port = _free_port()
+    log_file = log.open("w")  # a file, not a pipe: an undrained pipe fills and blocks the server
+    args = [a.replace("{port}", str(port)) for a in cmd]
+    proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log_file.close()
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{args[2]} exited: {log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                pytest.fail(
+                    f"{args[2]} did not answer a completion within {timeout_s:.0f} s: {log.read_text()[-3000:]}"
+                )
+            try:
+                req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # servers with engine children: stop the whole group
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log_file.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's server on the embedded 0.5B GGUF."""
+    from agentkit.embedded import model_path
+
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
+           "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "4096", "--model_alias", "qwen-0.5b"]  # fmt: skip
+    with serving(cmd, tmp_path_factory.mktemp("llama_server") / "server.log") as url:
+        yield url
 
 
 def test_server_tier_detects_the_flavor_and_proves_the_constraint(llama_server):
@@ -238,10 +251,7 @@ def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """vLLM's OpenAI-compatible server on the embedded 0.5B model (converted to safetensors once and
-    cached); ready when a real completion answers (its /health answers while the engine is dead)."""
-    import urllib.request
-    from pathlib import Path
-
+    cached)."""
     from agentkit.embedded import cache_dir, model_path
 
     root = Path(__file__).resolve().parents[1]
@@ -254,42 +264,13 @@ def vllm_server(tmp_path_factory):
     convert = [str(python), str(root / "agentkit" / "gguf_to_hf.py"), str(model_path("qwen2.5-0.5b")), str(hf)]
     done = subprocess.run(convert, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--served-model-name",
-           "qwen-0.5b", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "4096",
+           "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16", "--max-model-len", "4096",
            "--enforce-eager"]  # fmt: skip
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    log_file = log.open("w")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 400
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log_file.close()
-            pytest.fail(f"vLLM exited: {log.read_text()[-3000:]}")
-        try:
-            body = json.dumps({"model": "qwen-0.5b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
-            req = urllib.request.Request(f"{url}/chat/completions", body.encode(), {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        log_file.close()
-        pytest.fail(f"vLLM did not answer a completion within 400 s: {log.read_text()[-3000:]}")
-    yield url
-    os.killpg(proc.pid, 15)  # the API server has engine children: stop the whole group
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-    log_file.close()
+    with serving(cmd, tmp_path_factory.mktemp("vllm") / "server.log", env=env, timeout_s=400) as url:
+        yield url
 
 
 def test_vllm_flavor_is_detected_and_its_constraint_proven(vllm_server):

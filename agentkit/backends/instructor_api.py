@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import pydantic
 
+from agentkit.backends.openai_server import api_error
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
-from agentkit.errors import ConfigError, EngineError
+from agentkit.errors import ConfigError
 
 Mode = Literal["json_schema", "json", "tools", "md_json"]
 
@@ -124,14 +125,14 @@ class InstructorEngine:
         except self._instructor.core.InstructorRetryException as e:
             cause = e.__cause__ or e
             if isinstance(cause, self._openai.APIError):
-                raise _engine_error(self._openai, self.base_url, cause) from e
+                raise api_error(self._openai, self.base_url, cause) from e
             if not isinstance(cause, (pydantic.ValidationError, ValueError)) or isinstance(cause, TypeError):
                 raise  # not the model's reply: a bug, not a failed answer
             usage = Usage(seconds=time.perf_counter() - t0)
             tries = getattr(e, "n_attempts", None) or len(self.calls)
             return None, usage, [f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}"]
         except self._openai.APIError as e:
-            raise _engine_error(self._openai, self.base_url, e) from e
+            raise api_error(self._openai, self.base_url, e) from e
         u = getattr(completion, "usage", None)
         usage = Usage(
             prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
@@ -167,12 +168,3 @@ class InstructorEngine:
 
     def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
         raise ConfigError(f"{self.name} cannot score continuations")
-
-
-def _engine_error(openai: Any, where: str, e: Exception) -> EngineError:
-    """Transport failures, 429 and 5xx are retryable; other 4xx are not."""
-    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
-        return EngineError(f"{where}: {type(e).__name__}: {e}", retryable=True)
-    status = getattr(e, "status_code", 0) or 0
-    detail = str(getattr(e, "message", e))[:300]
-    return EngineError(f"{where}: HTTP {status}: {detail}", retryable=status == 429 or status >= 500)

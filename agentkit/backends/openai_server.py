@@ -224,16 +224,19 @@ class OpenAIServerEngine:
         )
 
     def _call(self, request: Any) -> Any:
-        """One request; transport failures, 429 and 5xx become retryable EngineErrors, other 4xx not."""
-        openai = self._openai
         try:
             return request()
-        except (openai.APITimeoutError, openai.APIConnectionError) as e:
-            raise EngineError(f"{self.base_url}: {type(e).__name__}: {e}", retryable=True) from e
-        except openai.APIStatusError as e:
-            retryable = e.status_code == 429 or e.status_code >= 500
-            detail = str(getattr(e, "message", e))[:300]
-            raise EngineError(f"{self.base_url}: HTTP {e.status_code}: {detail}", retryable=retryable) from e
+        except self._openai.APIError as e:
+            raise api_error(self._openai, self.base_url, e) from e
+
+
+def api_error(openai: Any, where: str, e: Exception) -> EngineError:
+    """An OpenAI-client error as an EngineError: transport failures, 429 and 5xx are retryable, other 4xx not."""
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
+        return EngineError(f"{where}: {type(e).__name__}: {e}", retryable=True)
+    status = getattr(e, "status_code", 0) or 0
+    detail = str(getattr(e, "message", e))[:300]
+    return EngineError(f"{where}: HTTP {status}: {detail}", retryable=status == 429 or status >= 500)
 
 
 def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
