@@ -105,15 +105,18 @@ def _engine_from_spec(spec: str) -> Engine:
     )
 
 
+def _check_options(kind: str, opts: dict[str, str], known: set[str]) -> None:
+    unknown = set(opts) - known
+    if unknown:
+        raise ConfigError(f"unknown {kind} tier options {sorted(unknown)}", hint=", ".join(sorted(known)))
+
+
 def _api(model: str, opts: dict[str, str]) -> Engine:
     from agentkit.backends.instructor_api import InstructorEngine
 
-    known = {"base_url", "api_key_env", "mode", "reasks", "error_chars", "timeout_s"}
-    unknown = set(opts) - known
-    if not model or unknown:
-        raise ConfigError(
-            f"bad api tier: model {model!r}, unknown options {sorted(unknown)}", hint=", ".join(sorted(known))
-        )
+    if not model:
+        raise ConfigError("api: spec needs a model name, e.g. api:gpt-4o-mini")
+    _check_options("api", opts, {"base_url", "api_key_env", "mode", "reasks", "error_chars", "timeout_s"})
     key = f"api:{model}|{sorted(opts.items())}"
     return shared_engine(
         key,
@@ -133,10 +136,7 @@ def _server(url: str, kind: str, opts: dict[str, str]) -> Engine:
     from agentkit.backends.openai_server import OpenAIServerEngine
 
     flavor = opts.get("flavor", "vllm" if kind == "vllm" else "auto")
-    known = {"model", "flavor", "context", "api_key_env", "logprobs", "timeout_s"}
-    unknown = set(opts) - known
-    if unknown:
-        raise ConfigError(f"unknown server tier options {sorted(unknown)}", hint=", ".join(sorted(known)))
+    _check_options("server", opts, {"model", "flavor", "context", "api_key_env", "logprobs", "timeout_s"})
     key = f"server:{url}|{sorted(opts.items())}|{flavor}"
     return shared_engine(
         key,

@@ -130,10 +130,11 @@ def build(
         except InputError as e:
             return {"status": "failed", "ok": False, "reason": str(e), "output": None}
         attached = next((t for t in mail.attachments.values() if t.strip()), "")
+        text = mail.as_text()
         return {
-            "injected": addressed_to_the_model(mail.as_text()) or "",
+            "injected": addressed_to_the_model(text) or "",
             "email": {"subject": mail.subject, "sender": mail.sender},
-            "text": mail.as_text(),
+            "text": text,
             "question": mail.body or mail.subject,
             "document": attached or mail.body,
         }

@@ -180,6 +180,16 @@ class Extract(Task):
                 schema["required"].append(name)
         return Constraint.json_schema(schema)
 
+    def _off_candidates(self, model: pydantic.BaseModel, choices: Mapping[str, list[str]]) -> list[str]:
+        """A problem for each verbatim field whose value is not one of its candidates (null is allowed
+        for an optional field)."""
+        problems = []
+        for name, allowed in choices.items():
+            value = getattr(model, name, None)
+            if not (value is None and self._nullable(name)) and str(value) not in allowed:
+                problems.append(f"{name} {str(value)!r} is not one of its {len(allowed)} candidates")
+        return problems
+
     def _nullable(self, name: str) -> bool:
         field = self.schema.model_fields[name]
         return not field.is_required() or type(None) in typing.get_args(field.annotation)
@@ -197,13 +207,7 @@ class Extract(Task):
         model, parse_problems = self.parse(gen.text, text)
         problems += parse_problems
         if model is not None:  # the constraint may have been dropped by the engine: check, never trust
-            for name, allowed in choices.items():
-                value = getattr(model, name, None)
-                if value is None and self._nullable(name):
-                    continue
-                picked = str(value)
-                if picked not in allowed:
-                    problems.append(f"{name} {picked!r} is not one of its {len(allowed)} candidates")
+            problems += self._off_candidates(model, choices)
         fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
         conf = min(fields.values()) if fields else (None if not engine.capabilities.token_probs else 0.0)
         return Answer(
@@ -220,10 +224,8 @@ class Extract(Task):
         model, usage, problems = engine.structured(
             self.messages(text), self.schema, text=text, validators=self.validators, max_tokens=self.max_tokens
         )
-        for name, allowed in choices.items() if model is not None else ():
-            value = getattr(model, name, None)
-            if not (value is None and self._nullable(name)) and str(value) not in allowed:
-                problems.append(f"{name} {value!r} is not one of its {len(allowed)} candidates")
+        if model is not None:
+            problems += self._off_candidates(model, choices)
         value = model.model_dump(mode="json") if model is not None else None
         raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
         return Answer(value=value, raw=raw, confidence=None, method="validated", usage=usage, problems=problems)
