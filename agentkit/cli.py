@@ -125,6 +125,10 @@ def _app():  # type: ignore[no-untyped-def]
             Path | None, typer.Option("--write-config", help="save the chosen threshold here (agentkit run reads it)")
         ] = None,
         config: Annotated[Path | None, typer.Option("--config", help="node settings to start from")] = None,
+        tuned: Annotated[
+            Path | None,
+            typer.Option("--tuned", help="an `agentkit tune` folder: its tuned tier side by side with the stock one"),
+        ] = None,
     ) -> None:
         """Small-only vs large-only vs the cascade at a threshold sweep; a calibrated threshold."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -137,7 +141,14 @@ def _app():  # type: ignore[no-untyped-def]
 
         err = Console(stderr=True, soft_wrap=True)
         loaded = _load(target, config, err)
+        ladders = None
         try:
+            if tuned is not None:
+                from agentkit.tune import comparison
+
+                if not isinstance(loaded, Node):
+                    raise ValueError("--tuned compares the tiers of a node, not a workflow")
+                loaded, ladders = comparison(loaded, tuned)
             records = load_records(data, limit)
             sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
             fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
@@ -159,6 +170,7 @@ def _app():  # type: ignore[no-untyped-def]
                 report = evaluate_node(
                     loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
                     cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
+                    ladders=ladders,
                 )  # fmt: skip
             else:
                 report = evaluate_workflow(
@@ -173,6 +185,89 @@ def _app():  # type: ignore[no-untyped-def]
             err.print(f"threshold {settings['threshold']:g} for node {loaded.name!r} written to {write_config}")
         if report.get("interrupted"):
             raise typer.Exit(130)
+
+    @app.command()
+    def tune(
+        target: Annotated[str, typer.Argument(help="the node: path/to/file.py:attribute (a graph needs --node)")],
+        data: Annotated[list[Path], typer.Option("--data", help="labelled JSONL ('input', 'expected')")] = [],  # noqa: B006
+        traces: Annotated[list[Path], typer.Option("--traces", help="the node's trace JSONL (distillation)")] = [],  # noqa: B006
+        out: Annotated[Path, typer.Option("--out", "-o", help="folder for the adapter, checkpoints, tune.json")] = Path(
+            "tuned"
+        ),
+        node_name: Annotated[str | None, typer.Option("--node", help="which node of a graph")] = None,
+        exclude: Annotated[
+            list[Path], typer.Option("--exclude", help="JSONL whose inputs are never trained on (evaluation data)")
+        ] = [],  # noqa: B006
+        k: Annotated[int, typer.Option("--k", help="retrieved examples in the tuned tier's prompt")] = 0,
+        steps: Annotated[int, typer.Option("--steps")] = 120,
+        rank: Annotated[int, typer.Option("--rank")] = 8,
+        batch: Annotated[int, typer.Option("--batch")] = 8,
+        lr: Annotated[float, typer.Option("--lr")] = 2e-4,
+        max_len: Annotated[int, typer.Option("--max-len", help="prompt + reply tokens per example")] = 256,
+        limit: Annotated[int | None, typer.Option("--limit", help="at most this many training examples")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="split seed (the evaluation side is never trained on)")] = 0,
+        write_config: Annotated[
+            Path | None, typer.Option("--write-config", help="name the tuned tier for the node here")
+        ] = None,
+        config: Annotated[Path | None, typer.Option("--config", help="node settings to start from")] = None,
+    ) -> None:
+        """LoRA-tune the node's small tier from labelled data and its escalation records, and bind it."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from agentkit import config as node_config
+        from agentkit import tune as tuning
+        from agentkit.node import Node
+        from agentkit.runner import load_records, nodes_of
+
+        err = Console(stderr=True, soft_wrap=True)
+        loaded = _load(target, config, err)
+        try:
+            nodes = [loaded] if isinstance(loaded, Node) else list(nodes_of(loaded))
+            picked = [n for n in nodes if node_name in (None, n.name)]
+            if len(picked) != 1:
+                names = ", ".join(n.name for n in nodes) or "none"
+                raise ValueError(f"name one node with --node (nodes: {names})")
+            node = picked[0]
+            index = tuning.tunable_tier(node)
+            stock = node.tiers[index].spec
+            base = tuning.base_model(stock)
+            records = [r for path in data for r in load_records(path, None)]
+            trace_rows = [r for path in traces for r in load_records(path, None, need_expected=False)]
+            held = [str(r["input"]) for path in exclude for r in load_records(path, None)]
+            task = node.task.variant(k=k) if hasattr(node.task, "k") else node.task
+            found = tuning.training_set(
+                task, records=records, traces=trace_rows, node=node.name, exclude=held, seed=seed
+            )
+            if limit is not None:
+                found.examples = found.examples[:limit]
+            err.print(f"training examples: {len(found.examples)}  {found.counts}")
+            settings = tuning.TuneConfig(steps=steps, rank=rank, alpha=2 * rank, batch=batch, lr=lr, max_len=max_len,
+                                         seed=seed)  # fmt: skip
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=err, transient=True) as progress:
+                bar = progress.add_task(f"tuning {node.name} (loading {base.name})", total=steps)
+
+                def step(done: int, total: int, loss: float) -> None:
+                    progress.update(bar, completed=done, description=f"tuning {node.name}  loss {loss:.3f}")
+
+                report = tuning.train(found, base, out, settings, on_step=step,
+                                      bind={"tier_index": index, "stock_spec": stock, "task": {"k": k}})  # fmt: skip
+        except KeyboardInterrupt:
+            err.print(f"[yellow]interrupted: checkpoint kept in {out}; run the same command again to resume[/yellow]")
+            raise typer.Exit(130) from None
+        except (AgentkitError, ValueError) as e:
+            err.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+        err.print(
+            f"adapter: {report.adapter} (GGUF: {report.adapter_gguf}); {report.steps} steps in {report.seconds:.0f} s"
+            f" ({report.s_per_step:.1f} s/step), loss {report.losses[0]:.3f} -> {report.losses[-1]:.3f},"
+            f" peak memory {report.peak_rss_gb:.1f} GB"
+        )
+        if write_config is not None:
+            tuning.bind(node, out)
+            node_config.save(write_config, [node])
+            err.print(f"tuned tier for node {node.name!r} written to {write_config}")
+        err.print(f"compare: agentkit eval {target} --data HELD_OUT.jsonl --tuned {out}")
 
     return app
 

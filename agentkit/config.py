@@ -22,17 +22,22 @@ from typing import Any
 from agentkit.errors import ConfigError
 from agentkit.node import Node
 from agentkit.policy import Policy
+from agentkit.task import TASK_KNOBS
 from agentkit.tier import Tier
 
-TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k")
-"""Task attributes a config file may set (those that can change after the task is built)."""
+__all__ = ["TASK_KNOBS", "apply", "load", "node_settings", "save", "tier_setting"]
 
 _POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}
 
 
+def tier_setting(tier: Tier) -> str | dict[str, Any]:
+    """A tier as a config file writes it: its spec, or a table when it has task settings of its own."""
+    return {"spec": tier.spec, "task": dict(tier.task)} if tier.task else tier.spec
+
+
 def node_settings(node: Node) -> dict[str, Any]:
     """What a config file records for ``node``."""
-    out: dict[str, Any] = {"tiers": [t.spec for t in node.tiers], **dataclasses.asdict(node.policy)}
+    out: dict[str, Any] = {"tiers": [tier_setting(t) for t in node.tiers], **dataclasses.asdict(node.policy)}
     task = {k: getattr(node.task, k) for k in TASK_KNOBS if getattr(node.task, k, None) is not None}
     if task:
         out["task"] = task
@@ -106,4 +111,6 @@ def _value(v: Any) -> str:
         return f'"{escaped}"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_key(str(k))} = {_value(x)}" for k, x in v.items()) + " }"
     raise ConfigError(f"cannot write {type(v).__name__} to a config file")

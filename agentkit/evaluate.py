@@ -46,6 +46,8 @@ class TierAnswer:
 def answer_one(task: Task, tier: Tier, value: Any) -> TierAnswer:
     """Ask ``tier`` once (input errors and engine errors become invalid answers, not crashes)."""
     assert tier.engine is not None
+    if tier.task:  # the tier's own task settings, as Node.task_for applies them
+        task = task.variant(**tier.task)
     t0 = time.perf_counter()
     try:
         a = task.answer(tier.engine, task.check_input(value))
@@ -195,18 +197,34 @@ def figures(outcomes: Sequence[CascadeOutcome], scores: Sequence[float], n_tiers
 
 
 def configurations(
-    table: Sequence[Sequence[TierAnswer]], policy: Policy, thresholds: Sequence[float], abstention: Any = None
+    table: Sequence[Sequence[TierAnswer]],
+    policy: Policy,
+    thresholds: Sequence[float],
+    abstention: Any = None,
+    ladders: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, list[CascadeOutcome]]:
-    """Outcomes per configuration: each tier alone (under ``policy``) and the cascade per threshold."""
+    """Outcomes per configuration: each tier alone (under ``policy``), the cascade per threshold,
+    and each of ``ladders`` (name → tier indices, cheapest first) as a cascade per threshold
+    (``NAME@THRESHOLD``), e.g. the stock and the tuned small tier each under the same large one."""
     n_tiers = len(table[0]) if table else 0
     out: dict[str, list[CascadeOutcome]] = {}
     for t in range(n_tiers):
-        outs = [cascade([row[t]], policy, abstention) for row in table]
-        out[f"tier{t}"] = [replace(o, tier=t if o.tier is not None else None) for o in outs]
+        out[f"tier{t}"] = [_on(cascade([row[t]], policy, abstention), [t]) for row in table]
     if n_tiers > 1:
         for th in thresholds:
             out[f"cascade@{th:g}"] = [cascade(row, replace(policy, threshold=th), abstention) for row in table]
+    for name, rungs in (ladders or {}).items():
+        if not rungs or any(not 0 <= t < n_tiers for t in rungs):
+            raise ConfigError(f"ladder {name!r} names tiers outside 0..{n_tiers - 1}: {list(rungs)}")
+        for th in thresholds:
+            at = replace(policy, threshold=th)
+            out[f"{name}@{th:g}"] = [_on(cascade([row[t] for t in rungs], at, abstention), rungs) for row in table]
     return out
+
+
+def _on(outcome: CascadeOutcome, rungs: Sequence[int]) -> CascadeOutcome:
+    """``outcome`` of a sub-ladder, its tier index mapped back to the node's ladder."""
+    return replace(outcome, tier=rungs[outcome.tier] if outcome.tier is not None else None)
 
 
 # ---- calibration and headline ratios ----------------------------------------------------------
@@ -298,6 +316,7 @@ def evaluate_node(
     kinds: Mapping[str, str] | None = None,
     fields: Mapping[str, str] | None = None,
     on_item: Callable[[int, int], None] | None = None,
+    ladders: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Every number about ``node`` on labelled ``records`` (``input``, ``expected``, optional ``id``).
 
@@ -305,7 +324,8 @@ def evaluate_node(
     (by :func:`~agentkit.data.split_of`, duplicates together) into a calibration part, where the
     threshold is chosen (:func:`calibrate`), and a test part, where it is reported. ``kinds`` and
     ``fields`` are passed to :func:`agentkit.metrics.extraction`. ``on_item(done, total)`` reports
-    progress. Ctrl-C stops answering and reports on the items answered so far."""
+    progress. ``ladders`` adds sub-ladder cascades (see :func:`configurations`). Ctrl-C stops
+    answering and reports on the items answered so far."""
     kind = node.task.kind
     pool = _pool_texts(node.task)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
@@ -332,7 +352,7 @@ def evaluate_node(
         picked = [outs[i] for i in which]
         return figures(picked, scores, len(node.tiers)) | {"quality": metrics.quality(kind, values, golds, **opts)}
 
-    configs = configurations(table, node.policy, thresholds, abstention)
+    configs = configurations(table, node.policy, thresholds, abstention, ladders)
     every = list(range(len(done)))
     calib = [
         i for i in every if split_of(str(done[i]["input"]), seed=seed + 1, test_fraction=calibration_share) == "test"

@@ -93,7 +93,11 @@ class Node:
 
     def config_hash(self) -> str:
         blob = json.dumps(
-            {"task": self.task.settings(), "tiers": [t.spec for t in self.tiers], "policy": asdict(self.policy)},
+            {
+                "task": self.task.settings(),
+                "tiers": [{"spec": t.spec, "task": t.task} if t.task else t.spec for t in self.tiers],
+                "policy": asdict(self.policy),
+            },
             sort_keys=True,
             default=str,
         )
@@ -159,16 +163,17 @@ class Node:
             wait=wait_random_exponential(multiplier=self.policy.retry_wait_s, max=8),
             reraise=True,
         )
-        details: dict[str, Any] = {}
+        details: dict[str, Any] = {"tier": tier.provenance} if tier.provenance else {}
+        task = self.task_for(tier)
         try:
             try:
-                answer: Answer = retrying(self.task.answer, engine, text)
+                answer: Answer = retrying(task.answer, engine, text)
             except InputError as e:
                 if self.policy.too_long != "truncate" or "context" not in str(e):
                     raise
                 text = self._truncate(engine, text)
                 details["truncated_to_chars"] = len(text)
-                answer = retrying(self.task.answer, engine, text)
+                answer = retrying(task.answer, engine, text)
         except InputError as e:
             return Attempt(
                 tier=tier.name, outcome="input_error", reason=str(e), latency_s=time.perf_counter() - started
@@ -203,6 +208,12 @@ class Node:
             attempt.outcome = "low_confidence"
             attempt.reason = f"confidence {answer.confidence:.3f} < threshold {self.policy.threshold}"
         return attempt
+
+    def task_for(self, tier: Tier) -> Task:
+        """The task as ``tier`` runs it: the node's own, or a variant with the tier's task settings."""
+        if not tier.task:
+            return self.task
+        return self.task.variant(**tier.task)  # a shallow copy: cheap, and never stale
 
     @staticmethod
     def _truncate(engine: Any, text: str) -> str:

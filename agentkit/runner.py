@@ -71,8 +71,9 @@ def nodes_of(target: Any) -> list[Any]:
     return [f for f in found if isinstance(f, Node)]
 
 
-def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Labelled records (``input``, ``expected``) from a JSONL file, with a clear error for a bad one."""
+def load_records(path: str | Path, limit: int | None = None, *, need_expected: bool = True) -> list[dict[str, Any]]:
+    """Labelled records (``input``, ``expected``) from a JSONL file, with a clear error for a bad one
+    (``need_expected=False``: any JSON objects, e.g. trace records)."""
     from agentkit.data import read_jsonl
 
     try:
@@ -80,7 +81,9 @@ def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, A
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
     for n, r in enumerate(records, 1):
-        if not isinstance(r, dict) or "input" not in r or "expected" not in r:
+        if not isinstance(r, dict):
+            raise ConfigError(f"{path}: record {n} is not a JSON object")
+        if need_expected and ("input" not in r or "expected" not in r):
             raise ConfigError(f"{path}: record {n} needs 'input' and 'expected'")
     return records[:limit] if limit else records
 

@@ -6,6 +6,7 @@ decides what to do with the answer (accept, escalate, fail).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -30,6 +31,11 @@ class Answer:
     problems: list[str] = field(default_factory=list)
     """Validation problems; empty means the value is valid."""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k")
+"""Task attributes that can change after the task is built: a config file may set them, and a tier
+may override them for itself (``Tier(..., task={"k": 0})``)."""
 
 
 class Task(ABC):
@@ -67,6 +73,19 @@ class Task(ABC):
         """The value returned when no tier is confident and the policy says ``abstain``
         (e.g. "not in the corpus"). Tasks that cannot abstain raise :class:`ConfigError`."""
         raise ConfigError(f"{self.kind} cannot abstain", hint="use when_unsure='best' or 'fail'")
+
+    def variant(self, **knobs: Any) -> Task:
+        """A copy with some :data:`TASK_KNOBS` changed, sharing everything else (its example index)."""
+        unknown = set(knobs) - set(TASK_KNOBS)
+        if unknown:
+            raise ConfigError(f"a tier cannot change {sorted(unknown)} of a task", hint=f"one of {TASK_KNOBS}")
+        missing = [k for k in knobs if not hasattr(self, k)]
+        if missing:
+            raise ConfigError(f"a {self.kind} task has no setting {missing}")
+        twin = copy.copy(self)
+        for k, v in knobs.items():
+            setattr(twin, k, v)
+        return twin
 
     def settings(self) -> dict[str, Any]:
         """What identifies this task's configuration (hashed into every trace)."""

@@ -1,4 +1,5 @@
-"""Deterministic fake engines for users' own tests (and agentkit's), named as what they are.
+"""Helpers for users' own tests (and agentkit's): a real server started on 127.0.0.1, and
+deterministic fake engines named as what they are.
 
 A fake engine exists only to exercise logic that a real model cannot produce on demand:
 a forced validation failure, an engine error, a given confidence. It never stands in for
@@ -7,9 +8,18 @@ a model's quality.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from collections.abc import Sequence
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError
@@ -71,3 +81,53 @@ class FakeEngine:
 def failing_engine(times: int, then: str, *, retryable: bool = True) -> FakeEngine:
     """A fake engine that raises ``times`` engine errors, then replies ``then``."""
     return FakeEngine(replies=[EngineError("fake transient failure", retryable=retryable)] * times + [then])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(
+    cmd: list[str], log: Path, *, env: dict[str, str] | None = None, model: str = "qwen-0.5b", timeout_s: float = 180
+) -> Iterator[str]:
+    """Start an OpenAI-compatible server (``{port}`` in ``cmd`` is replaced by a free port) in its own
+    process group, yield its ``/v1`` URL once a real completion answers (a health endpoint can answer
+    while the engine is dead), then stop the whole group. Raises ``RuntimeError`` with the log's tail
+    if it exits or does not answer in time."""
+    port = free_port()
+    log_file = log.open("w")  # a file, not a pipe: an undrained pipe fills and blocks the server
+    args = [a.replace("{port}", str(port)) for a in cmd]
+    proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(args[:3])} exited: {log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                raise RuntimeError(
+                    f"{' '.join(args[:3])} did not answer a completion within {timeout_s:.0f} s: "
+                    f"{log.read_text()[-3000:]}"
+                )
+            try:
+                req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # servers with engine children: stop the whole group
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log_file.close()

@@ -4,7 +4,10 @@ Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora
 ``&n_ctx=4096``), an OpenAI-compatible server ``server:http://host:port/v1?model=NAME``
 (optional ``&flavor=vllm|llamacpp|openai``, ``&context=``, ``&api_key_env=``,
 ``&logprobs=false``; ``vllm:URL`` is the same with ``flavor=vllm``), a closed model through
-instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), and two tiers with no model:
+instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), a Hugging Face model in
+this process ``hf:PATH`` (a model folder, a ``.gguf`` file or an embedded model's name; optional
+``?adapter=PEFT_DIR&dtype=&n_ctx=``), vLLM in this process ``vllm-offline:PATH`` (optional
+``?context=&dtype=``), and two tiers with no model:
 ``rules`` (deterministic rules only) and ``knn`` (a vote of the nearest labelled examples).
 Engines are shared: one per model file or server, loaded on first use.
 """
@@ -12,8 +15,10 @@ Engines are shared: one per model file or server, loaded on first use.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from agentkit.engine import Capabilities, Engine, Usage
@@ -52,12 +57,24 @@ class Tier:
     """Short label used in traces (defaults to the spec)."""
     engine: Engine | None = field(default=None, repr=False, compare=False)
     """Pass an engine directly (e.g. a fake in tests); otherwise built from ``spec``."""
+    task: dict[str, Any] = field(default_factory=dict)
+    """Task settings for this tier only (:data:`~agentkit.task.TASK_KNOBS`), e.g. ``{"k": 0}``: a
+    tuned model needs no retrieved examples while the stock tiers above it keep theirs."""
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = self.spec
         if self.engine is None:
             self.engine = _engine_from_spec(self.spec)
+        self._provenance: dict[str, Any] | None = None
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where a tuned tier's adapter came from: its file, sha256 and the ``tune.json`` beside it
+        (data hash, base model hash, settings). Empty for a stock tier. Recorded in every attempt."""
+        if self._provenance is None:
+            self._provenance = _provenance(self.spec)
+        return self._provenance
 
     @property
     def capabilities(self) -> Capabilities:
@@ -74,8 +91,40 @@ class Tier:
         return cost
 
     @classmethod
-    def parse(cls, value: str | Tier) -> Tier:
-        return value if isinstance(value, Tier) else cls(spec=value)
+    def parse(cls, value: str | Mapping[str, Any] | Tier) -> Tier:
+        """A tier from a spec string, or a config table ``{spec = ..., task = {...}, usd_per_hour = ...}``."""
+        if isinstance(value, Tier):
+            return value
+        if isinstance(value, Mapping):
+            known = {"spec", "task", "name", "usd_per_hour", "usd_per_mtok_in", "usd_per_mtok_out"}
+            if "spec" not in value or set(value) - known:
+                raise ConfigError(f"a tier table needs 'spec' and may have {sorted(known - {'spec'})}: {dict(value)}")
+            return cls(**dict(value))
+        return cls(spec=value)
+
+
+def _provenance(spec: str) -> dict[str, Any]:
+    import hashlib
+    import json
+
+    opts = {k: v[-1] for k, v in parse_qs(spec.partition("?")[2]).items()}
+    where = opts.get("lora") or opts.get("adapter")
+    if not where:
+        return {}
+    path = Path(where).expanduser()
+    out: dict[str, Any] = {"adapter": str(path)}
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if files:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        out["sha256"] = h.hexdigest()
+    for meta in (path.parent / "tune.json", path / "tune.json", path.parent.parent / "tune.json"):
+        if meta.is_file():
+            tune = json.loads(meta.read_text(encoding="utf-8"))
+            out["tune"] = {k: tune.get(k) for k in ("data_sha256", "base_sha256", "steps", "examples", "counts")}
+            break
+    return out
 
 
 def _engine_from_spec(spec: str) -> Engine:
@@ -96,12 +145,17 @@ def _engine_from_spec(spec: str) -> Engine:
         return _llamacpp(str(Path(target).expanduser().resolve()), Path(target).expanduser(), None, opts)
     if kind == "api":
         return _api(target, opts)
+    if kind == "hf":
+        return _hf(target, opts)
+    if kind == "vllm-offline":
+        return _vllm_offline(target, opts)
     if kind in ("server", "vllm"):
         if not target.startswith(("http://", "https://")):
             raise ConfigError(f"{kind}: spec needs a URL, e.g. {kind}:http://127.0.0.1:8000/v1?model=NAME")
         return _server(target, kind, opts)
     raise ConfigError(
-        f"unknown tier spec {spec!r}", hint="use embedded:NAME, gguf:PATH, server:URL, vllm:URL, rules or knn"
+        f"unknown tier spec {spec!r}",
+        hint="use embedded:NAME, gguf:PATH, hf:PATH, server:URL, vllm:URL, vllm-offline:PATH, api:MODEL, rules or knn",
     )
 
 
@@ -130,6 +184,71 @@ def _api(model: str, opts: dict[str, str]) -> Engine:
             timeout_s=float(opts.get("timeout_s", "60")),
         ),
     )
+
+
+def _model_location(kind: str, target: str) -> str:
+    """A path, or an embedded model's name (its assembled GGUF file)."""
+    if not target:
+        raise ConfigError(f"{kind}: spec needs a model folder or file, e.g. {kind}:/models/qwen2.5-0.5b")
+    from agentkit.embedded import EMBEDDED
+
+    if target in EMBEDDED:
+        return target
+    return str(Path(target).expanduser().resolve())
+
+
+def _hf(target: str, opts: dict[str, str]) -> Engine:
+    _check_options("hf", opts, {"adapter", "dtype", "n_ctx", "device"})
+    where = _model_location("hf", target)
+    adapter = str(Path(opts["adapter"]).expanduser().resolve()) if opts.get("adapter") else None
+
+    def make() -> Engine:
+        from agentkit.backends.transformers_hf import TransformersEngine
+
+        return _Lazy(
+            f"hf:{target}" + (f"+{Path(adapter).name}" if adapter else ""),
+            Capabilities(context=int(opts.get("n_ctx", "4096"))),
+            lambda: TransformersEngine(
+                _resolve(where),
+                adapter=adapter,
+                name=f"hf:{target}",
+                n_ctx=int(opts.get("n_ctx", "4096")),
+                dtype=opts.get("dtype", "float32"),
+                device=opts.get("device", "cpu"),
+            ),
+        )
+
+    return shared_engine(f"hf:{where}|{sorted(opts.items())}", make)
+
+
+def _vllm_offline(target: str, opts: dict[str, str]) -> Engine:
+    _check_options("vllm-offline", opts, {"context", "dtype", "adapter"})
+    where = _model_location("vllm-offline", target)
+
+    def make() -> Engine:
+        from agentkit.backends.vllm_offline import VLLMOfflineEngine
+
+        context = int(opts.get("context", "4096"))
+        return _Lazy(
+            f"vllm-offline:{target}",
+            Capabilities(context=context),
+            lambda: VLLMOfflineEngine(
+                where,
+                name=f"vllm-offline:{target}",
+                context=context,
+                dtype=opts.get("dtype", "auto"),
+                adapter=opts.get("adapter"),
+            ),
+        )
+
+    return shared_engine(f"vllm-offline:{where}|{sorted(opts.items())}", make)
+
+
+def _resolve(where: str) -> str:
+    """An embedded model's name → its assembled GGUF file (assembled now); a path stays as it is."""
+    from agentkit.embedded import EMBEDDED, model_path
+
+    return str(model_path(where)) if where in EMBEDDED else where
 
 
 def _server(url: str, kind: str, opts: dict[str, str]) -> Engine:
@@ -180,20 +299,26 @@ def _llamacpp(key: str, path: Path | None, embedded: str | None, opts: dict[str,
 
     def make() -> Engine:
         if embedded is not None:
-            return _LazyEmbedded(embedded, lora=lora, n_ctx=n_ctx)
+            from agentkit.embedded import model_path
+
+            return _Lazy(
+                embedded,
+                Capabilities(context=n_ctx),
+                lambda: LlamaCppEngine(model_path(embedded), name=embedded, lora_path=lora, n_ctx=n_ctx),
+            )
         assert path is not None
         return LlamaCppEngine(path, lora_path=lora, n_ctx=n_ctx)
 
     return shared_engine(key, make)
 
 
-class _LazyEmbedded:
-    """An embedded model's engine; the GGUF is assembled on first use, not when a graph is built."""
+class _Lazy:
+    """An engine made on first use, not when a graph is built (an embedded GGUF is assembled then)."""
 
-    def __init__(self, name: str, *, lora: str | None, n_ctx: int) -> None:
+    def __init__(self, name: str, capabilities: Capabilities, factory: Callable[[], Engine]) -> None:
         self.name = name
-        self.capabilities = Capabilities(context=n_ctx)
-        self._lora, self._n_ctx = lora, n_ctx
+        self.capabilities = capabilities
+        self._factory = factory
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -201,12 +326,7 @@ class _LazyEmbedded:
     def inner(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                from agentkit.backends.llamacpp import LlamaCppEngine
-                from agentkit.embedded import model_path
-
-                self._engine = LlamaCppEngine(
-                    model_path(self.name), name=self.name, lora_path=self._lora, n_ctx=self._n_ctx
-                )
+                self._engine = self._factory()
             return self._engine
 
     def count_tokens(self, text: str) -> int:

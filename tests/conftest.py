@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,26 @@ def datasets() -> Path:
             pytest.fail(f"datasets not found at {DATASETS}")
         pytest.skip(f"datasets not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def vllm_env() -> tuple[Path, Path]:
+    """vLLM's CPU environment (``make vllm``) and the embedded 0.5B model converted for it (a
+    safetensors folder, converted once and cached): ``(python, model_dir)``."""
+    from agentkit.embedded import cache_dir, model_path
+
+    python = Path(os.environ.get("AGENTKIT_VLLM_PYTHON", ROOT / ".vllm-venv" / "bin" / "python"))
+    if not python.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no vLLM environment at {python} (make vllm)")
+        pytest.skip(f"no vLLM environment at {python} (make vllm)")
+    hf = cache_dir() / "hf" / "qwen2.5-0.5b"
+    convert = [str(python), str(ROOT / "agentkit" / "gguf_to_hf.py"), str(model_path("qwen2.5-0.5b")), str(hf)]
+    done = subprocess.run(convert, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return python, hf
+
+
+VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+            "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+"""Environment for vLLM here: nothing from a hub, no telemetry, a 1 GiB KV cache."""

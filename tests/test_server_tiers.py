@@ -4,70 +4,24 @@ on demand) a plain stdlib HTTP server that answers 500 or 400."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+import urllib.parse
 
 import pytest
 
 from agentkit import Classify, Extract, Node, Policy, Tier
 from agentkit.errors import ConfigError, EngineError
+from agentkit.testing import free_port, serving
+from tests.conftest import VLLM_ENV
 
 pytestmark = pytest.mark.server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(cmd: list[str], log: Path, *, env: dict | None = None, model: str = "qwen-0.5b", timeout_s: float = 180):
-    """Start a server (its own process group), yield its /v1 URL once a real completion answers (a
-    health endpoint can answer while the engine is dead), then stop the whole group."""
-    import urllib.request
-
-    port = _free_port()
-    log_file = log.open("w")  # a file, not a pipe: an undrained pipe fills and blocks the server
-    args = [a.replace("{port}", str(port)) for a in cmd]
-    proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
-    try:
-        deadline = time.time() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{args[2]} exited: {log.read_text()[-3000:]}")
-            if time.time() > deadline:
-                pytest.fail(
-                    f"{args[2]} did not answer a completion within {timeout_s:.0f} s: {log.read_text()[-3000:]}"
-                )
-            try:
-                req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # servers with engine children: stop the whole group
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_file.close()
 
 
 @pytest.fixture(scope="session")
@@ -186,7 +140,7 @@ def test_http_errors_are_retried_only_when_trying_again_can_help(faulty_server, 
 
 
 def test_a_closed_port_is_a_retryable_connection_error():
-    engine = _engine(f"http://127.0.0.1:{_free_port()}/v1")
+    engine = _engine(f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(EngineError) as e:
         engine.generate([{"role": "user", "content": "x"}], Classify(["a", "b"])._constraint, max_tokens=4)
     assert e.value.retryable and "APIConnectionError" in str(e.value)
@@ -249,26 +203,13 @@ def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """vLLM's OpenAI-compatible server on the embedded 0.5B model (converted to safetensors once and
-    cached)."""
-    from agentkit.embedded import cache_dir, model_path
-
-    root = Path(__file__).resolve().parents[1]
-    python = Path(os.environ.get("AGENTKIT_VLLM_PYTHON", root / ".vllm-venv" / "bin" / "python"))
-    if not python.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no vLLM environment at {python} (make vllm)")
-        pytest.skip(f"no vLLM environment at {python} (make vllm)")
-    hf = cache_dir() / "hf" / "qwen2.5-0.5b"
-    convert = [str(python), str(root / "agentkit" / "gguf_to_hf.py"), str(model_path("qwen2.5-0.5b")), str(hf)]
-    done = subprocess.run(convert, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+def vllm_server(tmp_path_factory, vllm_env):
+    """vLLM's OpenAI-compatible server on the embedded 0.5B model."""
+    python, hf = vllm_env
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--served-model-name",
            "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16", "--max-model-len", "4096",
            "--enforce-eager"]  # fmt: skip
+    env = {**os.environ, **VLLM_ENV}
     with serving(cmd, tmp_path_factory.mktemp("vllm") / "server.log", env=env, timeout_s=400) as url:
         yield url
 
@@ -307,3 +248,43 @@ def test_classify_and_extract_through_vllm(vllm_server):
     texts = [f"message number {i}: see you at {i} pm" for i in range(6)]
     results = spam.batch(texts, concurrency=4)  # vLLM batches what is in flight
     assert [r.input_text for r in results] == texts and all(r.ok for r in results)
+
+
+def test_a_ladder_escalates_from_the_embedded_model_to_a_vllm_server(small, vllm_server):
+    """Real escalation: a question the 0.5B cannot answer confidently at a high threshold goes to vLLM."""
+    task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
+    ladder = [Tier(spec="test:small", name="embedded-0.5b", engine=small), Tier(f"vllm:{vllm_server}?model=qwen-0.5b")]
+    node = Node(task, ladder, policy=Policy(threshold=0.99))
+    result = node.run("Call me when you get this")  # the 0.5B is unsure of this one (about 0.8)
+    assert [a.tier for a in result.attempts] == ["embedded-0.5b", f"vllm:{vllm_server}?model=qwen-0.5b"]
+    assert result.attempts[0].confidence < 0.99 and result.attempts[1].confidence_method == "choice-token-probs"
+    assert result.escalated and result.value in ("ham", "spam")
+
+
+def test_killing_the_server_mid_batch_loses_no_item(tmp_path):
+    """llama-cpp-python's server killed while a batch is in flight: every item ends answered or failed."""
+    from agentkit.embedded import model_path
+
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
+           "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "2048", "--model_alias", "qwen-0.5b"]  # fmt: skip
+    with serving(cmd, tmp_path / "server.log") as url:
+        node = Node(
+            Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"),
+            [Tier(f"server:{url}?model=qwen-0.5b&timeout_s=20")],
+            policy=Policy(retries=1),
+        )
+        texts = [f"message {i}: call me back about the {i} tickets" for i in range(12)]
+        out: list = []
+        runner = threading.Thread(target=lambda: out.extend(node.batch(texts, concurrency=2)))
+        runner.start()
+        time.sleep(4)  # a few answered, the rest in flight or queued
+        port = urllib.parse.urlparse(url).port
+        found = subprocess.run(["pgrep", "-f", f"llama_cpp.server .*--port {port} "], capture_output=True, text=True)
+        os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+        runner.join(timeout=300)
+    assert not runner.is_alive() and [r.input_text for r in out] == texts
+    answered = [r for r in out if r.ok]
+    failed = [r for r in out if not r.ok]
+    assert failed, "the server was killed before any item failed: kill it earlier"
+    assert all(r.value in ("ham", "spam") for r in answered)
+    assert all(r.reason and r.input_text for r in failed)  # recorded with a reason, input kept

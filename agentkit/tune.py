@@ -1,0 +1,520 @@
+"""Specialization: LoRA-tune a node's small tier from labelled data and the node's own escalation
+records, and bind the tuned model to the node (``pip install 'agentkit[hf]'``).
+
+1. :func:`training_set` builds examples in the node's exact prompt format — the messages its task
+   sends for an input, and the reply its engine would be scored on — from gold labels (a labelled
+   JSONL) and from the node's traces: answers a *larger* tier gave confidently after the small tier
+   escalated (distillation). Each example says which it is. Inputs are deduplicated (gold wins),
+   and only the train side of :func:`~agentkit.data.split_of` is used, so the evaluation side is
+   never trained on; records given as ``exclude`` are dropped too.
+2. :func:`train` loads the small tier's weights (its GGUF, dequantized by transformers), trains a
+   LoRA adapter (peft) with the loss on the reply tokens only, checkpoints as it goes (interrupt
+   and rerun: it resumes), and saves the adapter with its training config, data hash and metrics.
+3. :func:`adapter_to_gguf` writes the adapter as a GGUF LoRA (with the ``gguf`` package's own
+   tensor-name map), which llama.cpp applies to the original quantized model:
+   ``embedded:qwen2.5-0.5b?lora=ADAPTER.gguf``. The same adapter folder serves through
+   transformers (``hf:qwen2.5-0.5b?adapter=DIR``) and vLLM (``vllm-offline:...?adapter=DIR``).
+
+torch, transformers and peft are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agentkit.data import normalize_text, split_of
+from agentkit.engine import Message
+from agentkit.errors import ConfigError, InputError, ModelUnavailableError
+from agentkit.task import Task
+
+
+@dataclass
+class TrainingExample:
+    input: str
+    reply: str
+    """What the model is trained to write (a label's word, a JSON object)."""
+    source: Literal["gold", "distilled"]
+    messages: list[Message]
+    """The node's prompt for ``input``, as its task builds it."""
+    origin: str = ""
+    """Where it came from: the labelled file, or the trace and the tier that answered."""
+
+
+@dataclass
+class TrainingSet:
+    examples: list[TrainingExample]
+    counts: dict[str, int] = field(default_factory=dict)
+    """gold, distilled, duplicates dropped, held out (evaluation side), excluded, unusable."""
+
+    def digest(self) -> str:
+        """sha256 of the examples (prompts and replies): names the data an adapter was trained on."""
+        h = hashlib.sha256()
+        for ex in self.examples:
+            h.update(json.dumps([ex.messages, ex.reply], ensure_ascii=False).encode())
+        return h.hexdigest()
+
+    def write(self, path: str | Path) -> None:
+        with Path(path).open("w", encoding="utf-8") as f:
+            for ex in self.examples:
+                f.write(json.dumps(asdict(ex), ensure_ascii=False) + "\n")
+
+
+def reply_text(task: Task, value: Any) -> str:
+    """The reply a model writes for ``value`` under ``task`` (a classifier's label word; JSON otherwise)."""
+    verbalizer = getattr(task, "verbalizer", None)
+    if verbalizer is not None:
+        if str(value) not in verbalizer:
+            raise InputError(f"{value!r} is not one of the labels")
+        return verbalizer[str(value)]
+    return json.dumps(value, ensure_ascii=False)
+
+
+def training_set(
+    task: Task,
+    *,
+    records: Iterable[Mapping[str, Any]] = (),
+    traces: Iterable[Mapping[str, Any]] = (),
+    node: str | None = None,
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+) -> TrainingSet:
+    """Examples for ``task`` from labelled ``records`` (``input``, ``expected``) and from ``traces``
+    (result records, as :func:`agentkit.collect` writes them) of the node named ``node``.
+
+    A trace gives an example when the node escalated and a later tier's answer was accepted
+    confidently: that answer is the label (distillation). Only inputs on the train side of
+    ``split_of(seed=seed)`` are used; ``exclude`` (e.g. the evaluation inputs) are dropped."""
+    if not hasattr(task, "messages"):
+        raise ConfigError(f"a {task.kind} task cannot be tuned yet", hint="Classify and Extract can")
+    counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
+    excluded = {normalize_text(t) for t in exclude}
+    seen: dict[str, TrainingExample] = {}
+
+    def add(text: str, value: Any, source: Literal["gold", "distilled"], origin: str) -> None:
+        key = normalize_text(text)
+        if key in excluded:
+            counts["excluded"] += 1
+            return
+        if split_of(text, seed=seed) != "train":
+            counts["held_out"] += 1
+            return
+        if key in seen and not (source == "gold" and seen[key].source == "distilled"):
+            counts["duplicates"] += 1
+            return
+        try:
+            reply = reply_text(task, value)
+            msgs, _ = task.messages(task.check_input(text))  # type: ignore[attr-defined]
+        except InputError:
+            counts["unusable"] += 1
+            return
+        if key in seen:
+            counts["duplicates"] += 1  # a distilled answer replaced by the gold label
+        seen[key] = TrainingExample(text, reply, source, msgs, origin)
+
+    for r in records:
+        if "input" in r and "expected" in r:
+            add(str(r["input"]), r["expected"], "gold", str(r.get("id", "")))
+    for t in traces:
+        if node is not None and t.get("node") != node:
+            continue
+        attempts = t.get("attempts") or []
+        first = attempts[0]["tier"] if attempts else None
+        if t.get("ok") and t.get("accepted") == "confident" and t.get("tier") not in (None, first):
+            add(str(t.get("input_text", "")), t.get("value"), "distilled", f"trace:{t.get('tier')}")
+    examples = list(seen.values())
+    counts["gold"] = sum(e.source == "gold" for e in examples)
+    counts["distilled"] = sum(e.source == "distilled" for e in examples)
+    return TrainingSet(examples, counts)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """LoRA settings. The defaults tune a classification node's 0.5B tier in about 15 minutes on 2
+    CPU cores (120 steps of 8 short prompts at ~8 s each) and fit in ~6 GB (fp32)."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    steps: int = 120
+    batch: int = 8
+    lr: float = 2e-4
+    max_len: int = 256
+    """Prompt + reply tokens; longer examples are left out (counted)."""
+    warmup: int = 10
+    seed: int = 0
+    save_every: int = 20
+    threads: int | None = None
+
+
+@dataclass
+class TuneReport:
+    adapter: str
+    adapter_gguf: str | None
+    steps: int
+    examples: int
+    left_out_too_long: int
+    losses: list[float]
+    seconds: float
+    s_per_step: float
+    peak_rss_gb: float
+    resumed_from: int
+    data_sha256: str
+    base: str
+    base_sha256: str
+    config: dict[str, Any]
+    counts: dict[str, int]
+    bind: dict[str, Any] = field(default_factory=dict)
+    """How the tuned model takes its place in the node: the stock tier's index and spec, and the
+    task settings the model was trained with (:func:`tuned_tier`, :func:`bind`)."""
+
+
+def _require_training() -> Any:
+    try:
+        import peft
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ModelUnavailableError(
+            f"tuning needs torch, transformers and peft ({e.name} is missing)", hint="pip install 'agentkit[hf]'"
+        ) from e
+    return torch, transformers, peft
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def train(
+    data: TrainingSet,
+    base: str | Path,
+    out: str | Path,
+    config: TuneConfig = TuneConfig(),
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+    gguf: bool = True,
+    bind: Mapping[str, Any] | None = None,
+) -> TuneReport:
+    """Train a LoRA adapter for the model file ``base`` (a GGUF, dequantized to fp32) on ``data``;
+    write ``out/adapter`` (peft), ``out/adapter.gguf`` (llama.cpp) and ``out/tune.json``.
+
+    ``out/checkpoint`` holds the adapter, optimizer and data order every ``save_every`` steps and on
+    Ctrl-C; calling again with the same data and config resumes from it."""
+    torch, transformers, peft = _require_training()
+    base, out = Path(base), Path(out)
+    if not data.examples:
+        raise ConfigError("no training examples", hint="give labelled records or traces with escalations")
+    if not base.is_file():
+        raise ModelUnavailableError(f"base model not found: {base}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tok = transformers.AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(base.parent), gguf_file=base.name, dtype=torch.float32
+    )
+    model.hf_quantizer = None  # dequantized on load: a plain fp32 model from here on
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    rows, too_long = _encode(tok, data.examples, config.max_len)
+    if not rows:
+        raise ConfigError(f"every example is longer than max_len={config.max_len} tokens")
+    lora = peft.LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    fingerprint = {"data": data.digest(), "config": asdict(config), "base": base.name}
+    ckpt = out / "checkpoint"
+    state = _load_checkpoint(ckpt, fingerprint, torch)
+    if state is not None:
+        model = peft.PeftModel.from_pretrained(model, str(ckpt / "adapter"), is_trainable=True)
+    else:
+        model = peft.get_peft_model(model, lora)
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(1, config.warmup)))
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    losses: list[float] = []
+    step = 0
+    if state is not None:
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        order, losses, step = state["order"], state["losses"], state["step"]
+        rng.setstate(state["rng"])
+    resumed = step
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def save_checkpoint() -> None:
+        tmp = out / "checkpoint.tmp"
+        model.save_pretrained(str(tmp / "adapter"))
+        torch.save(
+            {"optim": optim.state_dict(), "sched": sched.state_dict(), "order": order, "losses": losses,
+             "step": step, "rng": rng.getstate(), "fingerprint": fingerprint},
+            tmp / "state.pt",
+        )  # fmt: skip
+        if ckpt.exists():
+            import shutil
+
+            shutil.rmtree(ckpt)
+        tmp.rename(ckpt)
+
+    try:
+        while step < config.steps:
+            if len(order) < config.batch:
+                fresh = list(range(len(rows)))
+                rng.shuffle(fresh)
+                order += fresh
+            picked, order = order[: config.batch], order[config.batch :]
+            ids, labels, mask = _pad([rows[i] for i in picked], pad, torch)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            step += 1
+            losses.append(round(float(loss), 4))
+            if on_step:
+                on_step(step, config.steps, losses[-1])
+            if step % config.save_every == 0 and step < config.steps:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        raise
+    model.save_pretrained(str(out / "adapter"))
+    seconds = time.perf_counter() - t0
+    gguf_path = adapter_to_gguf(out / "adapter", out / "adapter.gguf", base) if gguf else None
+    report = TuneReport(
+        adapter=str(out / "adapter"),
+        adapter_gguf=str(gguf_path) if gguf_path else None,
+        steps=step,
+        examples=len(rows),
+        left_out_too_long=too_long,
+        losses=losses,
+        seconds=round(seconds, 1),
+        s_per_step=round(seconds / max(1, step - resumed), 2),
+        peak_rss_gb=round(_peak_rss_gb(), 2),
+        resumed_from=resumed,
+        data_sha256=data.digest(),
+        base=str(base),
+        base_sha256=_sha256(base),
+        config=asdict(config),
+        counts=data.counts,
+        bind=dict(bind or {}),
+    )
+    (out / "tune.json").write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
+    if ckpt.exists():
+        import shutil
+
+        shutil.rmtree(ckpt)
+    return report
+
+
+def _encode(tok: Any, examples: Sequence[TrainingExample], max_len: int) -> tuple[list[tuple[list[int], int]], int]:
+    """``(tokens, prompt_length)`` per example: the chat prompt, then the reply and the end-of-turn
+    marker, tokenized the way the engines score a reply (prompt and reply separately)."""
+    sentinel = "\x00reply\x00"
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}]
+    rendered = tok.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+    eot = rendered.split(sentinel, 1)[1].rstrip() if sentinel in rendered else (tok.eos_token or "")
+    rows, too_long = [], 0
+    for ex in examples:
+        prompt = tok.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=False)
+        p = list(tok(prompt, add_special_tokens=False).input_ids)
+        r = list(tok(ex.reply + eot, add_special_tokens=False).input_ids)
+        if len(p) + len(r) > max_len:
+            too_long += 1
+            continue
+        rows.append((p + r, len(p)))
+    return rows, too_long
+
+
+def _pad(batch: Sequence[tuple[list[int], int]], pad: int, torch: Any) -> tuple[Any, Any, Any]:
+    width = max(len(t) for t, _ in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (t, n_prompt) in enumerate(batch):
+        ids[i, : len(t)] = torch.tensor(t)
+        labels[i, n_prompt : len(t)] = torch.tensor(t[n_prompt:])  # loss on the reply tokens only
+        mask[i, : len(t)] = 1
+    return ids, labels, mask
+
+
+def _load_checkpoint(ckpt: Path, fingerprint: dict[str, Any], torch: Any) -> dict[str, Any] | None:
+    state_file = ckpt / "state.pt"
+    if not state_file.is_file():
+        return None
+    state = torch.load(state_file, weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{ckpt} is a checkpoint of another run (different data or settings)",
+            hint="use another --out folder, or delete the checkpoint to start over",
+        )
+    return state
+
+
+# ---- the adapter for llama.cpp --------------------------------------------------------------------
+
+
+def adapter_to_gguf(adapter_dir: str | Path, out: str | Path, base: str | Path) -> Path:
+    """Write a peft LoRA adapter as a GGUF LoRA adapter for the GGUF model ``base`` (llama.cpp's
+    ``lora_path``): tensors renamed with the ``gguf`` package's map for the base's architecture,
+    ``lora_a``/``lora_b`` in float32, ``adapter.lora.alpha`` from the adapter's config."""
+    try:
+        import gguf
+        import numpy as np
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise ModelUnavailableError(
+            "converting an adapter needs gguf and safetensors", hint="pip install 'agentkit[hf]'"
+        ) from e
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if cfg.get("use_dora") or cfg.get("use_rslora"):
+        raise ConfigError("only plain LoRA adapters convert to GGUF (not DoRA / rsLoRA)")
+    reader = gguf.GGUFReader(str(base))
+    arch = _field(reader, "general.architecture")
+    n_layers = int(_field(reader, f"{arch}.block_count"))
+    arch_id = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    names = gguf.get_tensor_name_map(arch_id, n_layers)
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
+    written = 0
+    for key in sorted(tensors):
+        module, _, part = key.removeprefix("base_model.model.").rpartition(".lora_")
+        if part not in ("A.weight", "B.weight"):
+            raise ConfigError(f"unexpected adapter tensor {key}")
+        target = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if target is None:
+            raise ConfigError(f"no GGUF name for {module} in a {arch} model")
+        suffix = ".lora_a" if part == "A.weight" else ".lora_b"
+        writer.add_tensor(target + suffix, np.ascontiguousarray(tensors[key].astype(np.float32)))
+        written += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if not written:
+        raise ConfigError(f"{adapter_dir} holds no LoRA tensors")
+    return out
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        raise ConfigError(f"the base GGUF has no {key}")
+    value = f.parts[f.data[0]]
+    return bytes(value).decode() if value.dtype.kind == "u" and value.dtype.itemsize == 1 else value[0]
+
+
+# ---- binding the tuned model to a node ------------------------------------------------------------
+
+
+def base_model(tier_spec: str) -> Path:
+    """The GGUF file behind a llama.cpp tier spec (``embedded:NAME`` or ``gguf:PATH``): what tuning starts from."""
+    kind, _, rest = tier_spec.partition(":")
+    target = rest.partition("?")[0]
+    if kind == "embedded":
+        from agentkit.embedded import model_path
+
+        return model_path(target)
+    if kind == "gguf":
+        return Path(target).expanduser().resolve()
+    raise ConfigError(
+        f"cannot tune tier {tier_spec!r}: tuning starts from a GGUF model",
+        hint="tune an embedded:NAME or gguf:PATH tier",
+    )
+
+
+def tunable_tier(node: Any) -> int:
+    """Index of the node's first llama.cpp tier (a ``knn`` or ``rules`` rung before it is skipped)."""
+    for i, tier in enumerate(node.tiers):
+        if tier.spec.startswith(("embedded:", "gguf:")):
+            return i
+    raise ConfigError(f"node {node.name!r} has no embedded:/gguf: tier to tune")
+
+
+def tuned_tier(out: str | Path, *, engine: Literal["llamacpp", "hf"] = "llamacpp") -> Any:
+    """The tuned model in ``out`` (a :func:`train` folder) as a tier: the GGUF LoRA on the original
+    quantized model through llama.cpp (as served), or the peft adapter through transformers."""
+    from agentkit.tier import Tier
+
+    out = Path(out).resolve()
+    meta = _tune_meta(out)
+    stock = meta["bind"]["stock_spec"]
+    kind, _, rest = stock.partition(":")
+    target, _, query = rest.partition("?")
+    if engine == "llamacpp":
+        if not meta.get("adapter_gguf"):
+            raise ConfigError(f"{out} has no adapter.gguf", hint="train with gguf=True")
+        spec = f"{kind}:{target}?" + "&".join([*filter(None, [query]), f"lora={meta['adapter_gguf']}"])
+    else:
+        spec = f"hf:{target if kind == 'embedded' else base_model(stock)}?adapter={meta['adapter']}"
+    return Tier(spec, task=dict(meta["bind"].get("task", {})), name=f"tuned:{out.name}")
+
+
+def bind(node: Any, out: str | Path) -> Any:
+    """Put the tuned model in ``out`` in place of the stock tier it was trained from; returns it."""
+    meta = _tune_meta(Path(out))
+    index = int(meta["bind"]["tier_index"])
+    if index >= len(node.tiers) or node.tiers[index].spec != meta["bind"]["stock_spec"]:
+        raise ConfigError(f"node {node.name!r} has no tier {meta['bind']['stock_spec']!r} at {index} to replace")
+    tier = tuned_tier(out)
+    node.tiers[index] = tier
+    return tier
+
+
+def comparison(node: Any, out: str | Path) -> tuple[Any, dict[str, list[int]]]:
+    """A copy of ``node`` whose ladder holds the stock *and* the tuned small tier, and the two
+    sub-ladders to compare (``stock``, ``tuned``): each small tier under the same tiers above it,
+    evaluated side by side in one :func:`~agentkit.evaluate.evaluate_node` run."""
+    from agentkit.node import Node
+
+    meta = _tune_meta(Path(out))
+    index = int(meta["bind"]["tier_index"])
+    if index >= len(node.tiers) or node.tiers[index].spec != meta["bind"]["stock_spec"]:
+        raise ConfigError(f"node {node.name!r} has no tier {meta['bind']['stock_spec']!r} at {index}")
+    tiers = [*node.tiers[: index + 1], tuned_tier(out), *node.tiers[index + 1 :]]
+    twin = Node(node.task, tiers, node.policy, name=node.name)
+    rest = list(range(index + 2, len(tiers)))
+    below = list(range(index))
+    return twin, {"stock": [*below, index, *rest], "tuned": [*below, index + 1, *rest]}
+
+
+def _tune_meta(out: Path) -> dict[str, Any]:
+    path = out / "tune.json"
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a tuning folder (no tune.json)", hint="agentkit tune ... --out DIR")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if not meta.get("bind", {}).get("stock_spec"):
+        raise ConfigError(f"{path} does not say which tier it tunes")
+    return meta

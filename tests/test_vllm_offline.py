@@ -1,0 +1,60 @@
+"""The ``vllm-offline`` tier (``vllm.LLM`` in-process) on the embedded 0.5B model, run inside vLLM's
+CPU environment (``make vllm`` installs agentkit there) by tests/vllm_offline_check.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agentkit import Tier
+from agentkit.errors import ModelUnavailableError
+from tests.conftest import ROOT, VLLM_ENV
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def offline(vllm_env):
+    python, hf = vllm_env
+    env = {**os.environ, **VLLM_ENV}
+    done = subprocess.run(
+        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_labels_are_scored_from_prompt_logprobs(offline):
+    c = offline["classify"]
+    assert c["ok"] and c["value"] == "spam" and c["method"] == "label-scoring"
+    assert abs(sum(c["distribution"].values()) - 1) < 1e-6 and 0.5 < c["confidence"] <= 1
+
+
+def test_the_constraint_is_live_and_token_probabilities_come_back(offline):
+    canary = offline["canary"]
+    assert canary["text"] in ("qv7zx", "kj3wp") and canary["finish"] == "stop"  # impossible unconstrained
+    assert canary["probs"] and all(0 < p <= 1 for p in canary["probs"])
+
+
+def test_extraction_is_constrained_and_validated(offline):
+    e = offline["extract"]
+    assert e["ok"], e["reason"]
+    assert e["value"]["company"].upper().startswith("ACME") and 0 < e["confidence"] <= 1
+
+
+def test_concurrent_calls_are_gathered_into_fewer_generate_calls(offline):
+    b = offline["batch"]
+    assert b["order"] and b["ok"]
+    assert sum(b["generate_calls"]) == 16  # 8 items × 2 labels scored
+    assert len(b["generate_calls"]) < 8, b["generate_calls"]  # vLLM saw batches, not one call per item
+
+
+def test_without_vllm_the_error_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ModelUnavailableError, match="vllm"):
+        Tier("vllm-offline:/nonexistent/model").engine.count_tokens("x")

@@ -1,0 +1,54 @@
+"""Run inside the vLLM environment by tests/test_vllm_offline.py (vLLM pins its own torch, so it does
+not share the test suite's environment): the ``vllm-offline`` tier on a real model, results as one
+JSON line on stdout. Usage: ``python tests/vllm_offline_check.py MODEL_DIR``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pydantic
+
+from agentkit import Classify, Constraint, Extract, Node, Tier
+
+
+def main(model_dir: str) -> None:
+    tier = Tier(f"vllm-offline:{model_dir}?context=2048")
+    engine = tier.engine.inner
+    calls = []
+    llm_generate = None
+
+    spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
+    r = spam.run("WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim.")
+    out = {"classify": {"ok": r.ok, "value": r.value, "confidence": r.confidence,
+                        "method": r.attempts[0].confidence_method,
+                        "distribution": r.attempts[0].details.get("distribution")}}  # fmt: skip
+
+    msgs = [{"role": "user", "content": "Reply with exactly the word: hello"}]
+    gen = engine.generate(msgs, Constraint.choice(["qv7zx", "kj3wp"]), max_tokens=8)
+    out["canary"] = {"text": gen.text, "probs": gen.token_probs, "finish": gen.finish_reason}
+
+    class Receipt(pydantic.BaseModel):
+        company: str
+        total: str
+
+    r = Node(Extract(Receipt, max_tokens=80), [tier]).run("ACME SDN BHD\nCoffee 3.50\nTOTAL RM 12.50")
+    out["extract"] = {"ok": r.ok, "value": r.value, "reason": r.reason, "confidence": r.confidence}
+
+    llm_generate = engine._llm.generate
+
+    def counting(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return llm_generate(prompts, *args, **kwargs)
+
+    engine._llm.generate = counting
+    chooser = Node(Classify(["ham", "spam"], instructions="Spam or ham?"), [tier])
+    texts = [f"message number {i}: see you at {i} pm" for i in range(8)]
+    results = chooser.batch(texts, concurrency=8)
+    out["batch"] = {"order": [x.input_text for x in results] == texts, "ok": all(x.ok for x in results),
+                    "generate_calls": calls}  # fmt: skip
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
