@@ -7,7 +7,7 @@ records, and bind the tuned model to the node (``pip install 'agentkit[hf]'``).
    escalated (distillation). Each example says which it is. Inputs are deduplicated (gold wins),
    and only the train side of :func:`~agentkit.data.split_of` is used, so the evaluation side is
    never trained on; records given as ``exclude`` are dropped too.
-2. :func:`train` loads the small tier's weights (its GGUF, dequantized by transformers), trains a
+2. :func:`train` loads the small tier's weights (its GGUF, dequantized once to fp32), trains a
    LoRA adapter (peft) with the loss on the reply tokens only, checkpoints as it goes (interrupt
    and rerun: it resumes), and saves the adapter with its training config, data hash and metrics.
 3. :func:`adapter_to_gguf` writes the adapter as a GGUF LoRA (with the ``gguf`` package's own
@@ -231,13 +231,11 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    tok = transformers.AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(base.parent), gguf_file=base.name, dtype=torch.float32
-    )
-    model.hf_quantizer = None  # dequantized on load: a plain fp32 model from here on
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    from agentkit.backends.transformers_hf import dequantized
+
+    folder = dequantized(base, "float32")  # converted once, cached: the same weights the hf tier loads
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     rows, too_long = _encode(tok, data.examples, config.max_len)
     if not rows:
         raise ConfigError(f"every example is longer than max_len={config.max_len} tokens")

@@ -34,13 +34,14 @@ def hf():
 
 
 def test_label_scoring_agrees_with_llamacpp_on_the_same_weights(hf, small):
+    """Same weights (Q4 in llama.cpp, dequantized to fp32 here), same prompt: the label distributions
+    agree closely (measured: 0.604 vs 0.601 for "ham"), not bit for bit."""
     task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
-    for text, expected in ((SPAM, "spam"), (HAM, "ham")):
+    for text in (SPAM, HAM):
         a = task.answer(hf.engine, text)
         b = task.answer(small, text)
-        assert a.method == "label-scoring" and a.value == expected, a
-        # same weights (Q4 in llama.cpp, dequantized to fp32 here): close, not bit-equal
-        assert abs(a.details["distribution"][expected] - b.details["distribution"][expected]) < 0.1
+        assert a.method == "label-scoring" and a.value == b.value
+        assert abs(a.details["distribution"]["spam"] - b.details["distribution"]["spam"]) < 0.03
 
 
 def test_constrained_choice_json_and_span_through_outlines_on_torch(hf):

@@ -15,6 +15,7 @@ from agentkit.errors import ModelUnavailableError
 from tests.conftest import ROOT, VLLM_ENV
 
 pytestmark = pytest.mark.server
+SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim."  # as in the check script
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,17 @@ def offline(vllm_env):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_labels_are_scored_from_prompt_logprobs(offline):
+def test_labels_are_scored_from_prompt_logprobs(offline, small):
+    """The same prompt scored by llama.cpp on the same weights (Q4 there, bf16 here) gives about the
+    same distribution (measured: P(ham) 0.593 vs 0.601; zero-shot, the 0.5B is unsure here)."""
+    from agentkit import Classify
+
     c = offline["classify"]
-    assert c["ok"] and c["value"] == "spam" and c["method"] == "label-scoring"
+    assert c["ok"] and c["method"] == "label-scoring"
     assert abs(sum(c["distribution"].values()) - 1) < 1e-6 and 0.5 < c["confidence"] <= 1
+    task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
+    reference = task.answer(small, SPAM).details["distribution"]
+    assert abs(reference["ham"] - c["distribution"]["ham"]) < 0.05 and c["value"] == max(reference, key=reference.get)
 
 
 def test_the_constraint_is_live_and_token_probabilities_come_back(offline):

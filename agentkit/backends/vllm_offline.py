@@ -82,6 +82,10 @@ class VLLMOfflineEngine:
             if model in EMBEDDED:
                 model = str(_converted(model))
             options = {"max_model_len": self._context, "dtype": self._dtype, "enable_prefix_caching": True}
+            import torch
+
+            if not torch.cuda.is_available():  # on CPU, compiling the graph takes many minutes: run eagerly
+                options["enforce_eager"] = True
             if self.adapter:
                 options |= {"enable_lora": True, "max_lora_rank": 64}
             try:

@@ -1,0 +1,186 @@
+"""The specialization loop on the real 0.5B model: a training set from labelled records and the
+node's own traces (gold vs distilled, dedup, split hygiene), a short real LoRA run (interrupted and
+resumed), the adapter converted to GGUF and applied by llama.cpp to the quantized model — agreeing
+with transformers + peft on the same adapter — bound to the node and compared side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agentkit import Classify, Node, Policy, Tier, collect
+from agentkit.data import normalize_text, read_jsonl, split_of
+from agentkit.errors import ConfigError, ModelUnavailableError
+
+pytestmark = pytest.mark.slow
+
+INSTRUCTIONS = "Is this SMS message spam (adverts, prizes, scams) or ham (a normal message)?"
+STOCK = "embedded:qwen2.5-0.5b"
+
+
+@pytest.fixture(scope="module")
+def sms(datasets):
+    records = list(read_jsonl(datasets / "sms_spam_collection" / "dev.jsonl"))
+    train = [r for r in records if split_of(r["input"]) == "train"]
+    test = [r for r in records if split_of(r["input"]) == "test"]
+    spam = [r for r in train if r["expected"] == "spam"][:16]
+    ham = [r for r in train if r["expected"] == "ham"][:16]
+    return {"train": spam + ham, "test": test}
+
+
+@pytest.fixture(scope="module")
+def node(small, large):
+    ladder = [Tier(STOCK), Tier("embedded:qwen2.5-1.5b")]
+    return Node(Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0), ladder, Policy(threshold=0.9), name="sms")
+
+
+@pytest.fixture(scope="module")
+def traces(node, sms, tmp_path_factory):
+    """Real traces: the node run on a few messages from both sides of the split (the 0.5B is unsure
+    zero-shot, so most escalate and the 1.5B answers)."""
+    path = tmp_path_factory.mktemp("traces") / "trace.jsonl"
+    texts = [r["input"] for r in sms["train"][16:22]] + [r["input"] for r in sms["test"][:3]]
+    with collect(path):
+        for text in texts:
+            node.run(text)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_set_from_gold_and_traces(node, sms, traces):
+    from agentkit.tune import training_set
+
+    gold = sms["train"][:16]
+    heldout = sms["test"][:2]
+    found = training_set(node.task, records=gold + heldout, traces=traces, node="sms", exclude=[gold[0]["input"]])
+    by_input = {normalize_text(e.input): e for e in found.examples}
+    assert found.counts["excluded"] == 1 and normalize_text(gold[0]["input"]) not in by_input
+    assert found.counts["held_out"] >= len(heldout)  # the evaluation side is never trained on
+    assert all(split_of(e.input) == "train" for e in found.examples)
+    for r in gold[1:]:
+        ex = by_input[normalize_text(r["input"])]
+        assert ex.source == "gold" and ex.reply == r["expected"]
+        assert ex.messages == node.task.messages(r["input"])[0]  # the node's exact prompt
+    distilled = [e for e in found.examples if e.source == "distilled"]
+    escalated = [t for t in traces if t["ok"] and t["accepted"] == "confident" and t["tier"] != t["attempts"][0]["tier"]]
+    expected = {normalize_text(t["input_text"]) for t in escalated if split_of(t["input_text"]) == "train"}
+    assert {normalize_text(e.input) for e in distilled} == expected - {normalize_text(r["input"]) for r in gold}
+    assert all(e.origin == "trace:embedded:qwen2.5-1.5b" for e in distilled)
+    # a gold label for an input that a trace also gives replaces the distilled answer
+    overlap = [{"input": t["input_text"], "expected": "spam"} for t in escalated if t["input_text"] in expected]
+    if overlap:
+        again = training_set(node.task, records=overlap, traces=traces, node="sms")
+        assert {e.source for e in again.examples if e.input == overlap[0]["input"]} == {"gold"}
+        assert again.counts["duplicates"] >= 1
+
+
+@pytest.fixture(scope="module")
+def tuned(node, sms, tmp_path_factory):
+    """A real LoRA run of 8 steps, interrupted after 3 and resumed."""
+    from agentkit.tune import TuneConfig, base_model, train, training_set
+
+    out = tmp_path_factory.mktemp("tuned")
+    data = training_set(node.task, records=sms["train"])
+    config = TuneConfig(steps=8, batch=4, rank=4, alpha=16, lr=1e-3, max_len=192, warmup=1, save_every=100)
+    bind = {"tier_index": 0, "stock_spec": STOCK, "task": {"k": 0}}
+
+    def stop_at_3(step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, base_model(STOCK), out, config, on_step=stop_at_3, bind=bind)
+    assert (out / "checkpoint" / "state.pt").is_file()
+    report = train(data, base_model(STOCK), out, config, bind=bind)
+    return out, report, data
+
+
+def test_training_resumes_and_records_what_it_trained_on(tuned):
+    out, report, data = tuned
+    assert report.resumed_from == 3 and report.steps == 8 and len(report.losses) == 8
+    assert report.data_sha256 == data.digest() and report.examples == len(data.examples)
+    assert report.peak_rss_gb > 0.5 and report.s_per_step > 0
+    assert not (out / "checkpoint").exists()
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["bind"]["stock_spec"] == STOCK and meta["config"]["rank"] == 4
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter.gguf").is_file()
+
+
+def test_the_gguf_adapter_changes_llamacpp_and_agrees_with_peft(tuned, small, sms):
+    from agentkit.tune import tuned_tier
+
+    out, _, _ = tuned
+    task = Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0)
+    served = tuned_tier(out)  # the GGUF LoRA on the original Q4 model, in llama.cpp
+    assert served.spec.startswith(f"{STOCK}?lora=") and served.task == {"k": 0}
+    reference = tuned_tier(out, engine="hf")  # the same adapter through transformers + peft
+    moved = 0
+    for r in sms["test"][:3]:
+        stock = task.answer(small, r["input"]).details["distribution"]["spam"]
+        lora = task.answer(served.engine, r["input"]).details["distribution"]["spam"]
+        peft = task.answer(reference.engine, r["input"]).details["distribution"]["spam"]
+        assert abs(lora - peft) < 0.08, (lora, peft)  # the conversion is right (Q4 vs fp32 base: close)
+        moved += abs(lora - stock) > 0.02
+    assert moved >= 2  # eight steps at lr 1e-3 move the label distribution
+
+
+def test_bound_to_the_node_with_provenance_and_compared_side_by_side(tuned, node, sms):
+    from agentkit.evaluate import evaluate_node
+    from agentkit.tune import bind, comparison
+
+    out, report, _ = tuned
+    twin, ladders = comparison(node, out)
+    assert [t.name for t in twin.tiers] == [STOCK, f"tuned:{out.name}", "embedded:qwen2.5-1.5b"]
+    assert ladders == {"stock": [0, 2], "tuned": [1, 2]}
+    result = twin.run(sms["test"][5]["input"])
+    provenance = result.attempts[0].details.get("tier") or {}
+    assert not provenance  # the stock tier has none
+    tuned_attempt = Node(twin.task, [twin.tiers[1]]).run(sms["test"][5]["input"]).attempts[0]
+    assert tuned_attempt.details["tier"]["tune"]["data_sha256"] == report.data_sha256
+    assert len(tuned_attempt.details["tier"]["sha256"]) == 64
+    held = sms["test"][10:16]
+    rep = evaluate_node(twin, held, thresholds=[0.9], ladders=ladders)
+    for key in ("tier0", "tier1", "tier2", "stock@0.9", "tuned@0.9", "cascade@0.9"):
+        assert key in rep["all"], key
+    assert rep["all"]["stock@0.9"]["answered_by"][1] == 0  # the stock ladder never uses the tuned tier
+    ladder = [Tier(STOCK), Tier("embedded:qwen2.5-1.5b")]
+    mine = Node(Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0), ladder, name="sms")
+    bind(mine, out)
+    assert mine.tiers[0].name == f"tuned:{out.name}"
+    with pytest.raises(ConfigError, match="no tier"):
+        bind(Node(mine.task, ["embedded:qwen2.5-1.5b"], name="other"), out)
+
+
+def test_agentkit_tune_cli_end_to_end(tmp_path, sms):
+    """The command: labelled data in, adapter + tune.json out, the tuned tier named in agentkit.toml."""
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sms["train"][:12]))
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from agentkit import Classify, Node\n"
+        f"node = Node(Classify(['ham', 'spam'], instructions={INSTRUCTIONS!r}), ['{STOCK}'], name='sms')\n"
+    )
+    cmd = [sys.executable, "-m", "agentkit.cli", "tune", f"{app}:node", "--data", str(data), "--out",
+           str(tmp_path / "tuned"), "--steps", "2", "--batch", "2", "--rank", "2", "--write-config",
+           str(tmp_path / "agentkit.toml")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training examples: " in done.stderr and "2 steps" in done.stderr
+    config = (tmp_path / "agentkit.toml").read_text()
+    assert "lora=" in config and "k = 0" in config
+    from agentkit.config import apply
+    from agentkit.runner import load_target
+
+    node = load_target(f"{app}:node")
+    apply(tmp_path / "agentkit.toml", [node])
+    assert "lora=" in node.tiers[0].spec and node.tiers[0].task == {"k": 0}
+
+
+def test_tuning_without_the_extra_is_a_clear_error(monkeypatch):
+    from agentkit.tune import _require_training
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ModelUnavailableError, match=r"agentkit\[hf\]"):
+        _require_training()
