@@ -64,7 +64,9 @@ def test_training_set_from_gold_and_traces(node, sms, traces):
         assert ex.source == "gold" and ex.reply == r["expected"]
         assert ex.messages == node.task.messages(r["input"])[0]  # the node's exact prompt
     distilled = [e for e in found.examples if e.source == "distilled"]
-    escalated = [t for t in traces if t["ok"] and t["accepted"] == "confident" and t["tier"] != t["attempts"][0]["tier"]]
+    escalated = [
+        t for t in traces if t["ok"] and t["accepted"] == "confident" and t["tier"] != t["attempts"][0]["tier"]
+    ]
     expected = {normalize_text(t["input_text"]) for t in escalated if split_of(t["input_text"]) == "train"}
     assert {normalize_text(e.input) for e in distilled} == expected - {normalize_text(r["input"]) for r in gold}
     assert all(e.origin == "trace:embedded:qwen2.5-1.5b" for e in distilled)
