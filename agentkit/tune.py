@@ -296,7 +296,7 @@ def train(
             sched.step()
             optim.zero_grad()
             step += 1
-            losses.append(round(float(loss), 4))
+            losses.append(round(float(loss.detach()), 4))
             if on_step:
                 on_step(step, config.steps, losses[-1])
             if step % config.save_every == 0 and step < config.steps:
