@@ -76,6 +76,8 @@ def apply(path: str | Path, nodes: Iterable[Node]) -> list[str]:
             if not hasattr(node.task, knob):
                 raise ConfigError(f"node {node.name!r}: its task has no setting {knob!r}")
             setattr(node.task, knob, value)
+        if settings.get("task"):
+            node.task._forget()
         done.append(node.name)
     return done
 

@@ -33,7 +33,7 @@ class Answer:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k")
+TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k", "list_labels")
 """Task attributes that can change after the task is built: a config file may set them, and a tier
 may override them for itself (``Tier(..., task={"k": 0})``)."""
 
@@ -75,17 +75,27 @@ class Task(ABC):
         raise ConfigError(f"{self.kind} cannot abstain", hint="use when_unsure='best' or 'fail'")
 
     def variant(self, **knobs: Any) -> Task:
-        """A copy with some :data:`TASK_KNOBS` changed, sharing everything else (its example index)."""
+        """A copy with some :data:`TASK_KNOBS` changed, sharing everything else (its example index);
+        made once per setting of the task and the knobs."""
         unknown = set(knobs) - set(TASK_KNOBS)
         if unknown:
             raise ConfigError(f"a tier cannot change {sorted(unknown)} of a task", hint=f"one of {TASK_KNOBS}")
         missing = [k for k in knobs if not hasattr(self, k)]
         if missing:
             raise ConfigError(f"a {self.kind} task has no setting {missing}")
-        twin = copy.copy(self)
-        for k, v in knobs.items():
-            setattr(twin, k, v)
-        return twin
+        key = (self.config_hash(), tuple(sorted((k, repr(v)) for k, v in knobs.items())))
+        cache = self.__dict__.setdefault("_variants", {})
+        if key not in cache:  # kept, so a variant's own caches (prompt prefix, prior) live on
+            twin = copy.copy(self)
+            for k, v in knobs.items():
+                setattr(twin, k, v)
+            twin._variants = {}
+            twin._forget()
+            cache[key] = twin
+        return cache[key]
+
+    def _forget(self) -> None:  # noqa: B027 - a hook: most tasks derive nothing from their knobs
+        """Drop what was derived from the settings (a cached prompt prefix), after they changed."""
 
     def settings(self) -> dict[str, Any]:
         """What identifies this task's configuration (hashed into every trace)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentkit import Classify, ConfigError, Node, Policy
+from agentkit import Classify, ConfigError, Node, Policy, Tier
 from agentkit.config import apply, load, node_settings, save
 
 
@@ -33,3 +33,23 @@ def test_unknown_keys_and_bad_files_are_clear_errors(tmp_path):
     path.write_text("not toml [")
     with pytest.raises(ConfigError, match="cannot read"):
         load(path)
+
+
+def test_a_tier_may_run_the_task_with_its_own_settings(tmp_path):
+    """A tuned tier without retrieved examples or a label list, under stock tiers that keep theirs."""
+    task = Classify(["ham", "spam"], instructions="Spam?", k=4)
+    tuned = Tier("knn", task={"k": 0, "list_labels": False}, name="tuned")
+    node = Node(task, [tuned, "rules"], name="sms")
+    variant = node.task_for(tuned)
+    assert variant.k == 0 and variant.system_prompt() == "Spam?" and task.k == 4 and "- ham" in task.system_prompt()
+    assert node.task_for(tuned) is variant and node.task_for(node.tiers[1]) is task  # made once
+    save(tmp_path / "agentkit.toml", [node])
+    text = (tmp_path / "agentkit.toml").read_text()
+    assert '{ spec = "knn", task = { k = 0, list_labels = false } }' in text
+    other = Node(Classify(["ham", "spam"], instructions="Spam?", k=4), ["rules"], name="sms")
+    apply(tmp_path / "agentkit.toml", [other])
+    assert other.tiers[0].task == {"k": 0, "list_labels": False} and other.tiers[1].spec == "rules"
+    with pytest.raises(ConfigError, match="cannot change"):
+        task.variant(labels=["x"])
+    with pytest.raises(ConfigError, match="tier table"):
+        Tier.parse({"task": {"k": 0}})

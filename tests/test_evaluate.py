@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from agentkit import Classify, Node, Policy, Tier, metrics
+from agentkit import Classify, ConfigError, Node, Policy, Tier, metrics
 from agentkit.evaluate import (
     TierAnswer,
     answer_all,
@@ -66,6 +66,19 @@ def test_answered_by_and_escalation_rate():
     assert c["answered_by"] == pytest.approx([1 / 3, 2 / 3])
     assert c["escalation_rate"] == pytest.approx(2 / 3) and c["score"] == pytest.approx(2 / 3)
     assert [o.tier for o in configs["tier0"]] == [0, 0, None]  # the small tier alone fails the invalid one
+
+
+def test_sub_ladders_cascade_over_their_own_tiers():
+    """stock (0) and tuned (1) small tiers, each under the same large tier (2), side by side."""
+    rows = [
+        [TierAnswer("a", True, 0.5, 1, 0), TierAnswer("a", True, 0.95, 1, 0), TierAnswer("b", True, 0.9, 10, 0)],
+        [TierAnswer("a", True, 0.9, 1, 0), TierAnswer("b", True, 0.6, 1, 0), TierAnswer("b", True, 0.9, 10, 0)],
+    ]
+    configs = configurations(rows, Policy(), [0.8], ladders={"stock": [0, 2], "tuned": [1, 2]})
+    assert [o.tier for o in configs["stock@0.8"]] == [2, 0] and [o.value for o in configs["stock@0.8"]] == ["b", "a"]
+    assert [o.tier for o in configs["tuned@0.8"]] == [1, 2] and [o.cost_usd for o in configs["tuned@0.8"]] == [1, 11]
+    with pytest.raises(ConfigError, match="outside"):
+        configurations(rows, Policy(), [0.8], ladders={"bad": [0, 3]})
 
 
 def test_squad_scoring():

@@ -47,6 +47,7 @@ class Classify(Task):
         retrieval: Retrieval = "bm25",
         seed: int = 0,
         abstain_label: str | None = None,
+        list_labels: bool = True,
     ) -> None:
         """
         Args:
@@ -67,6 +68,9 @@ class Classify(Task):
                 or ``hybrid`` (both, rank-fused).
             abstain_label: the value of an abstention (``Policy(when_unsure="abstain")``), e.g.
                 ``"oos"``: out of scope when no tier is confident. It is not a label the model scores.
+            list_labels: list the labels in the system prompt. A tuned model has learnt them: without
+                the list (``Tier(..., task={"list_labels": False})``) its prompt is a few tokens, not
+                hundreds, which is what makes 77-way tuning and answering fast.
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
@@ -81,6 +85,7 @@ class Classify(Task):
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError("labels must be unique")
         self.instructions = instructions
+        self.list_labels = list_labels
         self.k = k
         self.shortlist = shortlist
         self.example_chars = example_chars
@@ -109,7 +114,12 @@ class Classify(Task):
             return super().abstention(reason)
         return self.abstain_label
 
+    def _forget(self) -> None:
+        self._fixed, self._prior = None, {}
+
     def system_prompt(self) -> str:
+        if not self.list_labels:
+            return self.instructions.strip()
         lines = [self.instructions.strip(), "", "Answer with exactly one of these labels:"]
         for label, desc in self.descriptions.items():
             word = self.verbalizer[label]
@@ -244,6 +254,7 @@ class Classify(Task):
             "labels": self.descriptions,
             "instructions": self.instructions,
             "k": self.k,
+            "list_labels": self.list_labels,
             "shortlist": self.shortlist,
             "static_per_label": self.static_per_label,
             "example_chars": self.example_chars,
