@@ -28,6 +28,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
@@ -54,6 +55,7 @@ class OpenAIServerEngine:
         logprobs: bool = True,
         name: str | None = None,
         canary: bool = True,
+        score_labels: bool = True,
     ) -> None:
         """
         Args:
@@ -64,6 +66,9 @@ class OpenAIServerEngine:
             context: the served context window, in tokens (a server does not report it).
             logprobs: ask for token log-probabilities (confidence); ``False`` for servers that reject it.
             canary: prove the constraint is live before first use (leave on outside tests of this check).
+            score_labels: on a vLLM server, score whole labels from ``prompt_logprobs`` (set up on
+                first use; a classifier then reads every label's probability instead of the
+                tokens it generated under a choice constraint).
         """
         try:
             import openai
@@ -81,10 +86,13 @@ class OpenAIServerEngine:
         self._flavor = flavor
         self._want_logprobs = logprobs
         self._canary = canary
+        self._score_labels = score_labels
+        self._eot: list[int] = []
+        self._token_cache: dict[str, list[int]] = {}
         self._ready = False
         self._lock = threading.Lock()
         self.name = name or f"{model or 'server'}@{self.base_url}"
-        self.capabilities = Capabilities(constrained=True, token_probs=logprobs, scoring=False, context=context)
+        self._caps = Capabilities(constrained=True, token_probs=logprobs, scoring=False, context=context)
 
     # ---- set-up: which model, which flavor, and a live constraint ---------------------
 
@@ -108,7 +116,18 @@ class OpenAIServerEngine:
             self.name = f"{self._model}@{self.base_url}"
             if self._canary:  # under the lock: no request goes out before the constraint is proven
                 self.check_constraint()
+            if self._flavor == "vllm" and self._want_logprobs and self._score_labels:
+                eot = self._find_end_of_turn()
+                if eot:
+                    self._eot = eot
+                    self._caps = replace(self._caps, scoring=True)
             self._ready = True
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the server can do, known after set-up (first use): a vLLM server scores labels."""
+        self._setup()
+        return self._caps
 
     @property
     def flavor(self) -> str:
@@ -140,7 +159,75 @@ class OpenAIServerEngine:
         return self._generate(messages, constraint, max_tokens=max_tokens)
 
     def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
-        raise ConfigError(f"{self.name} cannot score continuations", hint="tasks use a choice constraint instead")
+        """Label scoring from ``prompt_logprobs`` (vLLM): the chat prompt tokenized by the server
+        (``/tokenize``), each continuation + the end-of-turn marker appended, every sequence sent in
+        one ``/completions`` request with ``max_tokens=1``; the log-probability of a continuation is
+        the sum over its tokens, as the local engines compute it."""
+        self._setup()
+        if not self._caps.scoring:
+            raise ConfigError(f"{self.name} cannot score continuations", hint="tasks use a choice constraint instead")
+        t0 = time.perf_counter()
+        base = self._tokens({"messages": messages, "add_generation_prompt": True})
+        bodies = [self._text_tokens(c) + self._eot for c in continuations]
+        response = self._call(
+            lambda: self._client.completions.create(
+                model=self._model, prompt=[base + b for b in bodies], max_tokens=1, temperature=0.0,
+                extra_body={"prompt_logprobs": 0},
+            )
+        )  # fmt: skip
+        totals = [0.0] * len(bodies)
+        for choice in response.choices:
+            rows = (getattr(choice, "prompt_logprobs", None) or (choice.model_extra or {}).get("prompt_logprobs"))[
+                len(base) :
+            ]
+            body = bodies[choice.index]
+            totals[choice.index] = sum(float(row[str(tok)]["logprob"]) for tok, row in zip(body, rows, strict=True))
+        n = len(base) * len(bodies) + sum(len(b) for b in bodies)
+        return Scores(logprobs=totals, usage=Usage(prompt_tokens=n, seconds=time.perf_counter() - t0))
+
+    # ---- vLLM's tokenizer endpoints (label scoring) -------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
+        root = self.base_url.removesuffix("/v1")
+        data = json.dumps({"model": self._model, **body}).encode()
+        req = urllib.request.Request(f"{root}{path}", data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise EngineError(f"{root}{path}: HTTP {e.code}", retryable=e.code == 429 or e.code >= 500) from e
+        except OSError as e:
+            raise EngineError(f"{root}{path}: {e}", retryable=True) from e
+
+    def _tokens(self, body: dict[str, Any]) -> list[int]:
+        return list(self._post("/tokenize", {"add_special_tokens": False, **body})["tokens"])
+
+    def _text_tokens(self, text: str) -> list[int]:
+        if text not in self._token_cache:
+            self._token_cache[text] = self._tokens({"prompt": text})
+        return self._token_cache[text]
+
+    def _find_end_of_turn(self) -> list[int] | None:
+        """Tokens that close an assistant reply in the served chat template (``None``: not found)."""
+        user = [{"role": "user", "content": "x"}]
+        prompt = self._tokens({"messages": user, "add_generation_prompt": True})
+        reply = self._text_tokens(CANARY_OPTIONS[0])
+        full = self._post(
+            "/tokenize",
+            {"messages": [*user, {"role": "assistant", "content": CANARY_OPTIONS[0]}], "add_generation_prompt": False,
+             "add_special_tokens": False, "return_token_strs": True},
+        )  # fmt: skip
+        tokens, strs = full["tokens"], full.get("token_strs") or []
+        start = len(prompt) + len(reply)
+        if tokens[: len(prompt)] != prompt or tokens[len(prompt) : start] != reply or len(strs) != len(tokens):
+            return None
+        eot = list(zip(tokens[start:], strs[start:], strict=True))
+        while eot and not eot[-1][1].strip():  # the newline after the marker is not part of the reply
+            eot.pop()
+        return [t for t, _ in eot] or None
 
     # ---- requests ---------------------------------------------------------------------
 
