@@ -24,7 +24,7 @@ from tests.conftest import VLLM_ENV
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after this module: an idle server's threads still take CPU
 def llama_server(tmp_path_factory):
     """llama-cpp-python's server on the embedded 0.5B GGUF."""
     from agentkit.embedded import model_path
@@ -202,7 +202,7 @@ def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
 # ---- a real vLLM server (the CPU build, in its own virtual environment: `make vllm`) ------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory, vllm_env):
     """vLLM's OpenAI-compatible server on the embedded 0.5B model."""
     python, hf = vllm_env

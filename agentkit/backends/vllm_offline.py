@@ -95,6 +95,22 @@ class VLLMOfflineEngine:
             self._tokenizer = self._llm.get_tokenizer()
             self._worker = threading.Thread(target=self._serve, name=f"{self.name} batcher", daemon=True)
             self._worker.start()
+            import atexit
+
+            atexit.register(self.close)  # stop the engine's processes before the interpreter tears down
+
+    def close(self) -> None:
+        """Stop the batcher and vLLM's engine processes (also done at exit)."""
+        with self._load_lock:
+            if self._llm is None:
+                return
+            self._queue.put(None)  # type: ignore[arg-type]
+            if self._worker is not None:
+                self._worker.join(timeout=30)
+            core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self._llm = self._tokenizer = self._worker = None
 
     def _lora(self) -> Any:
         if not self.adapter:
@@ -107,12 +123,19 @@ class VLLMOfflineEngine:
 
     def _serve(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:  # close()
+                return
+            batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
             try:
                 outs = self._llm.generate(
                     [b[0] for b in batch], [b[1] for b in batch], use_tqdm=False, lora_request=self._lora()
