@@ -113,12 +113,12 @@ def _provenance(spec: str) -> dict[str, Any]:
         return {}
     path = Path(where).expanduser()
     out: dict[str, Any] = {"adapter": str(path)}
+    from agentkit.embedded import sha256_file
+
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    if files:
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.read_bytes())
-        out["sha256"] = h.hexdigest()
+    if files:  # an adapter folder: the hash of its weight files' hashes
+        digests = [sha256_file(f) for f in files]
+        out["sha256"] = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
     for meta in (path.parent / "tune.json", path / "tune.json", path.parent.parent / "tune.json"):
         if meta.is_file():
             tune = json.loads(meta.read_text(encoding="utf-8"))

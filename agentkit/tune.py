@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentkit.data import normalize_text, split_of
+from agentkit.embedded import sha256_file
 from agentkit.engine import Message
 from agentkit.errors import ConfigError, InputError, ModelUnavailableError
 from agentkit.task import Task
@@ -191,14 +192,6 @@ def _require_training() -> Any:
     return torch, transformers, peft
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _peak_rss_gb() -> float:
     import resource
 
@@ -320,7 +313,7 @@ def train(
         resumed_from=resumed,
         data_sha256=data.digest(),
         base=str(base),
-        base_sha256=_sha256(base),
+        base_sha256=sha256_file(base),
         config=asdict(config),
         counts=data.counts,
         bind=dict(bind or {}),
