@@ -7,7 +7,7 @@ Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora
 instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), a Hugging Face model in
 this process ``hf:PATH`` (a model folder, a ``.gguf`` file or an embedded model's name; optional
 ``?adapter=PEFT_DIR&dtype=&n_ctx=``), vLLM in this process ``vllm-offline:PATH`` (optional
-``?context=&dtype=``), and two tiers with no model:
+``?context=&dtype=&adapter=LORA_DIR``), and two tiers with no model:
 ``rules`` (deterministic rules only) and ``knn`` (a vote of the nearest labelled examples).
 Engines are shared: one per model file or server, loaded on first use.
 """
@@ -107,19 +107,19 @@ def _provenance(spec: str) -> dict[str, Any]:
     import hashlib
     import json
 
+    from agentkit.embedded import sha256_file
+
     opts = {k: v[-1] for k, v in parse_qs(spec.partition("?")[2]).items()}
     where = opts.get("lora") or opts.get("adapter")
     if not where:
         return {}
     path = Path(where).expanduser()
     out: dict[str, Any] = {"adapter": str(path)}
-    from agentkit.embedded import sha256_file
-
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if files:  # an adapter folder: the hash of its weight files' hashes
         digests = [sha256_file(f) for f in files]
         out["sha256"] = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
-    for meta in (path.parent / "tune.json", path / "tune.json", path.parent.parent / "tune.json"):
+    for meta in (path.parent / "tune.json", path / "tune.json"):  # agentkit tune writes it beside the adapter
         if meta.is_file():
             tune = json.loads(meta.read_text(encoding="utf-8"))
             out["tune"] = {k: tune.get(k) for k in ("data_sha256", "base_sha256", "steps", "examples", "counts")}
