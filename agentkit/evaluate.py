@@ -46,8 +46,7 @@ class TierAnswer:
 def answer_one(task: Task, tier: Tier, value: Any) -> TierAnswer:
     """Ask ``tier`` once (input errors and engine errors become invalid answers, not crashes)."""
     assert tier.engine is not None
-    if tier.task:  # the tier's own task settings, as Node.task_for applies them
-        task = task.variant(**tier.task)
+    task = tier.adapt(task)  # the tier's own task settings, as a node applies them
     t0 = time.perf_counter()
     try:
         a = task.answer(tier.engine, task.check_input(value))

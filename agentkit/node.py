@@ -164,7 +164,7 @@ class Node:
             reraise=True,
         )
         details: dict[str, Any] = {"tier": tier.provenance} if tier.provenance else {}
-        task = self.task_for(tier)
+        task = tier.adapt(self.task)
         try:
             try:
                 answer: Answer = retrying(task.answer, engine, text)
@@ -208,12 +208,6 @@ class Node:
             attempt.outcome = "low_confidence"
             attempt.reason = f"confidence {answer.confidence:.3f} < threshold {self.policy.threshold}"
         return attempt
-
-    def task_for(self, tier: Tier) -> Task:
-        """The task as ``tier`` runs it: the node's own, or a variant with the tier's task settings."""
-        if not tier.task:
-            return self.task
-        return self.task.variant(**tier.task)  # a shallow copy: cheap, and never stale
 
     @staticmethod
     def _truncate(engine: Any, text: str) -> str:

@@ -18,11 +18,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from agentkit.engine import Capabilities, Engine, Usage
 from agentkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentkit.task import Task
 
 DEFAULT_USD_PER_HOUR = 0.20
 """Default price of local compute: roughly a 2-vCPU cloud instance on demand. A local tier's
@@ -75,6 +78,10 @@ class Tier:
         if self._provenance is None:
             self._provenance = _provenance(self.spec)
         return self._provenance
+
+    def adapt(self, task: Task) -> Task:
+        """``task`` as this tier runs it: the same one, or a variant with this tier's task settings."""
+        return task.variant(**self.task) if self.task else task
 
     @property
     def capabilities(self) -> Capabilities:

@@ -40,9 +40,9 @@ def test_a_tier_may_run_the_task_with_its_own_settings(tmp_path):
     task = Classify(["ham", "spam"], instructions="Spam?", k=4)
     tuned = Tier("knn", task={"k": 0, "list_labels": False}, name="tuned")
     node = Node(task, [tuned, "rules"], name="sms")
-    variant = node.task_for(tuned)
+    variant = tuned.adapt(node.task)
     assert variant.k == 0 and variant.system_prompt() == "Spam?" and task.k == 4 and "- ham" in task.system_prompt()
-    assert node.task_for(tuned) is variant and node.task_for(node.tiers[1]) is task  # made once
+    assert tuned.adapt(task) is variant and node.tiers[1].adapt(task) is task  # made once
     save(tmp_path / "agentkit.toml", [node])
     text = (tmp_path / "agentkit.toml").read_text()
     assert '{ spec = "knn", task = { k = 0, list_labels = false } }' in text
