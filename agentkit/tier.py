@@ -3,7 +3,8 @@
 Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora=PATH``,
 ``&n_ctx=4096``), an OpenAI-compatible server ``server:http://host:port/v1?model=NAME``
 (optional ``&flavor=vllm|llamacpp|openai``, ``&context=``, ``&api_key_env=``,
-``&logprobs=false``; ``vllm:URL`` is the same with ``flavor=vllm``), a closed model through
+``&logprobs=false``, ``&scoring=true`` for label scoring from vLLM's prompt log-probabilities;
+``vllm:URL`` is the same with ``flavor=vllm``), a closed model through
 instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), a Hugging Face model in
 this process ``hf:PATH`` (a model folder, a ``.gguf`` file or an embedded model's name; optional
 ``?adapter=PEFT_DIR&dtype=&n_ctx=``), vLLM in this process ``vllm-offline:PATH`` (optional
@@ -262,7 +263,7 @@ def _server(url: str, kind: str, opts: dict[str, str]) -> Engine:
     from agentkit.backends.openai_server import OpenAIServerEngine
 
     flavor = opts.get("flavor", "vllm" if kind == "vllm" else "auto")
-    _check_options("server", opts, {"model", "flavor", "context", "api_key_env", "logprobs", "timeout_s"})
+    _check_options("server", opts, {"model", "flavor", "context", "api_key_env", "logprobs", "timeout_s", "scoring"})
     key = f"server:{url}|{sorted(opts.items())}|{flavor}"
     return shared_engine(
         key,
@@ -274,6 +275,7 @@ def _server(url: str, kind: str, opts: dict[str, str]) -> Engine:
             context=int(opts.get("context", "4096")),
             logprobs=opts.get("logprobs", "true").lower() != "false",
             timeout_s=float(opts.get("timeout_s", "120")),
+            score_labels=opts.get("scoring", "false").lower() == "true",
         ),
     )
 

@@ -242,7 +242,7 @@ def test_classify_and_extract_through_vllm(vllm_server):
     spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
     result = spam.run("WINNER!! You have won a 1000 pound prize. Call 09061701461 now to claim")
     assert result.ok and result.value in ("ham", "spam") and 0 < result.confidence <= 1
-    assert result.attempts[0].confidence_method == "label-scoring"  # from prompt_logprobs
+    assert result.attempts[0].confidence_method == "choice-token-probs"  # label scoring is opt-in (scoring=true)
     receipt = Node(Extract(_receipt_model(), max_tokens=80), [tier]).run("ACME SDN BHD\nCoffee 3.50\nTOTAL RM 12.50")
     assert receipt.ok, receipt.reason
     assert receipt.value["company"].upper().startswith("ACME")
@@ -258,7 +258,7 @@ def test_a_ladder_escalates_from_the_embedded_model_to_a_vllm_server(small, vllm
     node = Node(task, ladder, policy=Policy(threshold=0.99))
     result = node.run("Call me when you get this")  # the 0.5B is unsure of this one (about 0.8)
     assert [a.tier for a in result.attempts] == ["embedded-0.5b", f"vllm:{vllm_server}?model=qwen-0.5b"]
-    assert result.attempts[0].confidence < 0.99 and result.attempts[1].confidence_method == "label-scoring"
+    assert result.attempts[0].confidence < 0.99 and result.attempts[1].confidence_method == "choice-token-probs"
     assert result.escalated and result.value in ("ham", "spam")
 
 
@@ -295,7 +295,7 @@ def test_vllm_label_scores_agree_with_llamacpp_on_the_same_weights(vllm_server, 
     """Whole-label scores from vLLM's prompt_logprobs (bf16) vs llama.cpp's own scoring (Q4)."""
     task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
     text = "Sorry, I'll be late tonight. Can you pick up the kids at six?"
-    served = task.answer(Tier(f"vllm:{vllm_server}?model=qwen-0.5b").engine, text)
+    served = task.answer(Tier(f"vllm:{vllm_server}?model=qwen-0.5b&scoring=true").engine, text)
     local = task.answer(small, text)
     assert served.method == "label-scoring"
     assert abs(served.details["distribution"]["ham"] - local.details["distribution"]["ham"]) < 0.05
