@@ -8,7 +8,7 @@ Specs: ``embedded:qwen2.5-0.5b``, ``gguf:/path/to/model.gguf`` (optional ``?lora
 instructor ``api:MODEL`` (optional ``?base_url=&api_key_env=&mode=&reasks=``), a Hugging Face model in
 this process ``hf:PATH`` (a model folder, a ``.gguf`` file or an embedded model's name; optional
 ``?adapter=PEFT_DIR&dtype=&n_ctx=``), vLLM in this process ``vllm-offline:PATH`` (optional
-``?context=&dtype=&adapter=LORA_DIR``), and two tiers with no model:
+``?context=&dtype=&adapter=LORA_DIR&scoring=true``), and two tiers with no model:
 ``rules`` (deterministic rules only) and ``knn`` (a vote of the nearest labelled examples).
 Engines are shared: one per model file or server, loaded on first use.
 """
@@ -230,22 +230,24 @@ def _hf(target: str, opts: dict[str, str]) -> Engine:
 
 
 def _vllm_offline(target: str, opts: dict[str, str]) -> Engine:
-    _check_options("vllm-offline", opts, {"context", "dtype", "adapter"})
+    _check_options("vllm-offline", opts, {"context", "dtype", "adapter", "scoring"})
     where = _model_location("vllm-offline", target)
 
     def make() -> Engine:
         from agentkit.backends.vllm_offline import VLLMOfflineEngine
 
         context = int(opts.get("context", "4096"))
+        scoring = opts.get("scoring", "false").lower() == "true"
         return _Lazy(
             f"vllm-offline:{target}",
-            Capabilities(context=context),
+            Capabilities(context=context, scoring=scoring),
             lambda: VLLMOfflineEngine(
                 where,
                 name=f"vllm-offline:{target}",
                 context=context,
                 dtype=opts.get("dtype", "auto"),
                 adapter=opts.get("adapter"),
+                scoring=scoring,
             ),
         )
 

@@ -13,7 +13,7 @@ from agentkit import Classify, Constraint, Extract, Node, Tier
 
 
 def main(model_dir: str) -> None:
-    tier = Tier(f"vllm-offline:{model_dir}?context=2048")
+    tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true")  # labels scored from prompt_logprobs
     engine = tier.engine.inner
     calls = []
     llm_generate = None

@@ -41,6 +41,7 @@ class VLLMOfflineEngine:
         context: int = 4096,
         dtype: str = "auto",
         adapter: str | Path | None = None,
+        scoring: bool = False,
         llm_options: dict[str, Any] | None = None,
     ) -> None:
         """
@@ -48,12 +49,15 @@ class VLLMOfflineEngine:
             model: a Hugging Face model folder (vLLM on CPU cannot serve a GGUF file; convert it
                 with ``agentkit/gguf_to_hf.py``), or an embedded model's name (converted and cached).
             adapter: a LoRA adapter folder served on top of ``model`` (``enable_lora``).
+            scoring: score whole labels from ``prompt_logprobs`` (a classifier then reads every
+                label's probability); off by default, as on vLLM's CPU build prompt log-probabilities
+                are slow, and a choice constraint's token probabilities are used instead.
             llm_options: further ``vllm.LLM`` arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ...).
         """
         self.model = str(model)
         self.adapter = str(Path(adapter).expanduser().resolve()) if adapter else None
         self.name = name or f"vllm-offline:{Path(self.model).name}"
-        self.capabilities = Capabilities(constrained=True, token_probs=True, scoring=True, context=context)
+        self.capabilities = Capabilities(constrained=True, token_probs=True, scoring=scoring, context=context)
         self._context, self._dtype = context, dtype
         self._options = dict(llm_options or {})
         self._llm: Any = None
