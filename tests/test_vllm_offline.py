@@ -19,15 +19,16 @@ SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to c
 
 
 @pytest.fixture(scope="module")
-def offline(vllm_env):
+def offline(vllm_env, tmp_path_factory):
     python, hf = vllm_env
     env = {**os.environ, **VLLM_ENV}
+    out = tmp_path_factory.mktemp("vllm_offline") / "results.json"
     done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf)],
+        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(out.read_text())
 
 
 def test_labels_are_scored_from_prompt_logprobs(offline, small):

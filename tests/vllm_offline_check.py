@@ -1,6 +1,6 @@
 """Run inside the vLLM environment by tests/test_vllm_offline.py (vLLM pins its own torch, so it does
 not share the test suite's environment): the ``vllm-offline`` tier on a real model, results as one
-JSON line on stdout. Usage: ``python tests/vllm_offline_check.py MODEL_DIR``."""
+JSON file (vLLM logs to stdout). Usage: ``python tests/vllm_offline_check.py MODEL_DIR OUT.json``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pydantic
 from agentkit import Classify, Constraint, Extract, Node, Tier
 
 
-def main(model_dir: str) -> None:
+def main(model_dir: str, out_path: str) -> None:
     tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true")  # labels scored from prompt_logprobs
     engine = tier.engine.inner
     calls = []
@@ -47,8 +47,9 @@ def main(model_dir: str) -> None:
     results = chooser.batch(texts, concurrency=8)
     out["batch"] = {"order": [x.input_text for x in results] == texts, "ok": all(x.ok for x in results),
                     "generate_calls": calls}  # fmt: skip
-    print(json.dumps(out))
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(out, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
