@@ -83,6 +83,18 @@ def failing_engine(times: int, then: str, *, retryable: bool = True) -> FakeEngi
     return FakeEngine(replies=[EngineError("fake transient failure", retryable=retryable)] * times + [then])
 
 
+VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+            "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
+"""Environment for vLLM on an offline CPU machine: nothing from a hub, no telemetry, a 1 GiB KV cache."""
+
+
+def vllm_server_command(python: str | Path, model_dir: str | Path, *, max_model_len: int = 4096) -> list[str]:
+    """vLLM's OpenAI-compatible server on ``model_dir`` (served as ``qwen-0.5b``), eager, for :func:`serving`."""
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16",
+            "--max-model-len", str(max_model_len), "--enforce-eager"]  # fmt: skip
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:

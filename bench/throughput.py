@@ -26,9 +26,9 @@ from _common import DATASETS, ROOT, emit, parser, print_table
 
 from agentkit import Classify, Node
 from agentkit.data import read_jsonl, split_records
+from agentkit.testing import VLLM_ENV, serving, vllm_server_command
 
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "2"}  # fmt: skip
+BENCH_ENV = VLLM_ENV | {"VLLM_CPU_KVCACHE_SPACE": "2"}  # room for the batched runs
 
 
 def node_for(tier: str, labels: list[str]) -> Node:
@@ -77,19 +77,15 @@ def main() -> None:
     if args.url:
         rows += server_rows(args.url, labels, texts, expected, args.concurrency)
     else:
-        from agentkit.testing import serving
-
-        cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf),
-               "--served-model-name", "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype",
-               "bfloat16", "--max-model-len", "2048", "--enforce-eager"]  # fmt: skip
+        cmd = vllm_server_command(args.vllm_python, hf, max_model_len=2048)
         log = Path(tempfile.mkdtemp()) / "vllm.log"
-        with serving(cmd, log, env={**os.environ, **VLLM_ENV}, timeout_s=600) as url:
+        with serving(cmd, log, env={**os.environ, **BENCH_ENV}, timeout_s=600) as url:
             rows += server_rows(url, labels, texts, expected, args.concurrency)
     if args.offline:
         child = subprocess.run(
             [args.vllm_python, __file__, "--data", str(args.data), "--limit", str(args.limit), "--seed",
              str(args.seed), "--concurrency", str(args.concurrency), "--child", str(hf)],
-            capture_output=True, text=True, env={**os.environ, **VLLM_ENV},
+            capture_output=True, text=True, env={**os.environ, **BENCH_ENV},
         )  # fmt: skip
         if child.returncode != 0:
             sys.exit(f"vllm-offline run failed: {child.stderr[-3000:]}")

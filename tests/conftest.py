@@ -64,6 +64,4 @@ def vllm_env() -> tuple[Path, Path]:
     return python, hf
 
 
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "1"}  # fmt: skip
-"""Environment for vLLM here: nothing from a hub, no telemetry, a 1 GiB KV cache."""
+from agentkit.testing import VLLM_ENV  # noqa: E402,F401 - the tests import it from here

@@ -18,7 +18,7 @@ import pytest
 
 from agentkit import Classify, Extract, Node, Policy, Tier
 from agentkit.errors import ConfigError, EngineError
-from agentkit.testing import free_port, serving
+from agentkit.testing import free_port, serving, vllm_server_command
 from tests.conftest import VLLM_ENV
 
 pytestmark = pytest.mark.server
@@ -206,9 +206,7 @@ def test_api_tier_needs_a_key_for_a_hosted_endpoint(monkeypatch):
 def vllm_server(tmp_path_factory, vllm_env):
     """vLLM's OpenAI-compatible server on the embedded 0.5B model."""
     python, hf = vllm_env
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf), "--served-model-name",
-           "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16", "--max-model-len", "4096",
-           "--enforce-eager"]  # fmt: skip
+    cmd = vllm_server_command(python, hf)
     env = {**os.environ, **VLLM_ENV}
     with serving(cmd, tmp_path_factory.mktemp("vllm") / "server.log", env=env, timeout_s=400) as url:
         yield url
