@@ -1,0 +1,68 @@
+"""Write the held-out sets that are *not* in ../shared/datasets (run once; the outputs are committed).
+
+    python bench/data/build.py CLINC_DATA_FULL_JSON SQUAD_DEV_V2_JSON
+
+- ``clinc150_test.jsonl``: CLINC150's official test split (4,500 in-scope + 1,000 out-of-scope queries,
+  less 2 that also occur in its train/val splits);
+  ../shared/datasets/clinc150_oos holds only its train and val splits.
+- ``squad_v2_rhine/``: the "Rhine" article of the SQuAD 2.0 dev set (44 paragraphs, 498 questions);
+  ../shared/datasets/squad_v2_normans holds only the "Normans" article. Same format as that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
+    d = json.loads(data_full.read_text())
+    domain_of = {intent: dom for dom, intents in domains.items() for intent in intents}
+    shared = HERE.parents[2] / "shared" / "datasets" / "clinc150_oos"
+    seen = {json.loads(line)["input"].strip().lower() for f in ("train.jsonl", "val.jsonl") for line in open(shared / f)}
+    rows = [
+        {"input": text, "expected": label, "domain": domain_of.get(label, "oos"), "is_oos": label == "oos",
+         "orig_split": split}
+        for split in ("test", "oos_test")
+        for text, label in d[split]
+        if text.strip().lower() not in seen  # the official splits share 2 queries with train/val
+    ]  # fmt: skip
+    write_jsonl(HERE / "clinc150_test.jsonl", rows)
+    print(f"clinc150_test.jsonl: {len(rows)} records")
+
+
+def squad(dev: Path, title: str = "Rhine") -> None:
+    article = next(a for a in json.loads(dev.read_text())["data"] if a["title"] == title)
+    corpus, questions = [], []
+    for i, para in enumerate(article["paragraphs"]):
+        doc_id = f"{title}_{i:02d}"
+        corpus.append({"doc_id": doc_id, "title": title, "text": para["context"]})
+        for qa in para["qas"]:
+            answers = list(dict.fromkeys(a["text"] for a in qa["answers"]))
+            questions.append({
+                "id": qa["id"], "input": qa["question"],
+                "expected": {"answerable": not qa["is_impossible"], "answers": answers},
+                "gold_doc_id": doc_id, "title": title, "answer_spans": qa["answers"],
+                "plausible_answers": qa.get("plausible_answers", []),
+            })  # fmt: skip
+    out = HERE / f"squad_v2_{title.lower()}"
+    write_jsonl(out / "corpus.jsonl", corpus)
+    write_jsonl(out / "questions.jsonl", questions)
+    print(f"{out.name}: {len(corpus)} paragraphs, {len(questions)} questions")
+
+
+if __name__ == "__main__":
+    clinc_path, squad_path = map(Path, sys.argv[1:3])
+    domains = json.loads((clinc_path.parent / "domains.json").read_text())
+    clinc(clinc_path, domains)
+    squad(squad_path)
