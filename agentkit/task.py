@@ -33,7 +33,9 @@ class Answer:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TASK_KNOBS = ("k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k", "list_labels")
+TASK_KNOBS = (
+    "k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k", "list_labels", "static_per_label"
+)  # fmt: skip
 """Task attributes that can change after the task is built: a config file may set them, and a tier
 may override them for itself (``Tier(..., task={"k": 0})``)."""
 

@@ -12,16 +12,25 @@ split function keeps duplicates together).
 
 ``--oos LABEL``: that label is not scored; an item no tier is confident about is called out of
 scope, and the JSON line adds ``in_scope_acc`` and ``oos_recall``.
+
+    python bench/classify.py --data bench/data/clinc150_test.jsonl \
+        --pool-data ../shared/datasets/clinc150_oos/train.jsonl --oos oos --k 4 --limit 200
+
+``--pool-data FILE``: examples come from that file (e.g. a dataset's own train split) and the items
+are a seeded sample of all of ``--data`` (records whose text is in the pool are left out) — for
+held-out sets that are not in ../shared/datasets (bench/data).
 """
 
 from __future__ import annotations
 
 import json
+import random
+from pathlib import Path
 
 from _common import DATASETS, emit, evaluate, headline_figures, parser
 
 from agentkit import Classify, Node, Policy
-from agentkit.data import read_jsonl, split_records
+from agentkit.data import normalize_text, read_jsonl, split_records
 
 INSTRUCTIONS = {
     "sms_spam_collection": (
@@ -55,20 +64,29 @@ def main() -> None:
     p.add_argument("--retrieval", default="bm25", choices=["bm25", "dense", "hybrid"])
     p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
     p.add_argument("--oos", default=None, help="out-of-scope label: abstain to it when no tier is confident")
+    p.add_argument("--pool-data", type=Path, default=None, help="examples from this file; items: all of --data")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
-    split = split_records(records, seed=args.seed)
-    pool = split.train[: args.pool] if args.pool else split.train
-    items = split.test[: args.limit]
-    categories = args.data.parent / "categories.json"
+    if args.pool_data:
+        pool = list(read_jsonl(args.pool_data))
+        known = {normalize_text(r["input"]) for r in pool}
+        items = [r for r in records if normalize_text(r["input"]) not in known]
+        items = random.Random(args.seed).sample(items, min(args.limit, len(items)))
+        records = pool + records
+    else:
+        split = split_records(records, seed=args.seed)
+        pool, items = split.train, split.test[: args.limit]
+    pool = pool[: args.pool] if args.pool else pool
+    source = (args.pool_data or args.data).parent
+    categories = source / "categories.json"
     labels = (
         json.loads(categories.read_text()) if categories.exists() else sorted({str(r["expected"]) for r in records})
     )
     labels = [label for label in labels if label != args.oos]
     task = Classify(
         labels,
-        instructions=INSTRUCTIONS.get(args.data.parent.name, "Classify the text."),
+        instructions=INSTRUCTIONS.get(source.name, "Classify the text."),
         examples=pool,
         k=args.k,
         static_per_label=args.static,
@@ -81,7 +99,7 @@ def main() -> None:
     )
     tiers = (["knn"] if args.knn else []) + args.tiers.split(",")
     policy = Policy(when_unsure="abstain") if args.oos else Policy()
-    node = Node(task, tiers, policy, name=args.data.parent.name)
+    node = Node(task, tiers, policy, name=source.name)
     print(
         f"{args.data} — n={len(items)} held-out, pool={len(pool)}, k={args.k}, static={args.static},"
         f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn}, retrieval={args.retrieval},"

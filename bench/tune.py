@@ -5,8 +5,8 @@ large tier, and the cascade over each small tier — side by side on held-out re
 
 The stock tier runs in its best measured configuration (``--k`` retrieved examples, ``--retrieval``,
 labels listed, shortlist); the tuned tier is served as users run it — the GGUF LoRA on the original
-Q4 model in llama.cpp — with no retrieved examples and no label list in its prompt (only the
-retrieval shortlist of labels to score). Training examples come only from the train side of the
+Q4 model in llama.cpp — with no retrieved or fixed examples and no label list in its prompt
+(only the retrieval shortlist of labels to score). Training examples come only from the train side of the
 split (gold labels), evaluation items only from the test side. ``--out`` keeps the adapter (a rerun
 reuses it) and the per-tier answers (a rerun resumes). Ends with one JSON line.
 """
@@ -54,7 +54,7 @@ def main() -> None:
     )
     stock = Node(task, args.tiers.split(","), Policy(threshold=0.8), name=name)
     out = args.out / name
-    tuned_settings = {"k": 0, "list_labels": False}
+    tuned_settings = {"k": 0, "list_labels": False} | ({"static_per_label": 0} if args.static else {})
     if not (out / "tune.json").is_file():
         pool = split_records(split.train, seed=args.seed + 7).train  # spread over labels by hash order
         data = training_set(task.variant(**tuned_settings), records=pool[: args.train], seed=args.seed)

@@ -53,3 +53,14 @@ def test_a_tier_may_run_the_task_with_its_own_settings(tmp_path):
         task.variant(labels=["x"])
     with pytest.raises(ConfigError, match="tier table"):
         Tier.parse({"task": {"k": 0}})
+
+
+def test_a_tier_may_drop_the_fixed_examples():
+    """``static_per_label`` is a tier setting too: a tuned tier answers without the stock prefix's examples."""
+    pool = [{"input": f"please send the file {i}", "expected": "ask"} for i in range(6)]
+    pool += [{"input": f"the meeting moved to {i} pm", "expected": "not_ask"} for i in range(6)]
+    task = Classify(["ask", "not_ask"], instructions="Ask?", examples=pool, k=0, static_per_label=2)
+    bare = task.variant(static_per_label=0)
+    assert len(task.fixed_messages()) == 1 + 2 * 4 and bare.fixed_messages() == [task.fixed_messages()[0]]
+    back = bare.variant(static_per_label=2)
+    assert back.fixed_messages() == task.fixed_messages()  # the same seeded pick

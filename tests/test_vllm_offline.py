@@ -63,6 +63,49 @@ def test_concurrent_calls_are_gathered_into_fewer_generate_calls(offline):
     assert len(b["generate_calls"]) < 8, b["generate_calls"]  # vLLM saw batches, not one call per item
 
 
+@pytest.fixture(scope="module")
+def random_adapter(vllm_env, tmp_path_factory):
+    """A real PEFT LoRA adapter on the model's attention projections, with small random weights (no
+    training: any non-zero adapter moves the distribution, which is what is checked here)."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, hf = vllm_env
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    out = tmp_path_factory.mktemp("adapter") / "random-lora"
+    model.save_pretrained(out)
+    return out
+
+
+def test_a_lora_adapter_is_served_and_agrees_with_peft(vllm_env, random_adapter, offline):
+    """vLLM's CPU build serves the LoRA adapter (``enable_lora``): the label distribution moves from the
+    base model's, to what transformers + peft give with the same adapter on the same weights."""
+    python, hf = vllm_env
+    out = random_adapter.parent / "served.json"
+    done = subprocess.run(
+        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), str(random_adapter)],
+        capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    served = json.loads(out.read_text())
+    assert served["ok"] and served["tier"]["sha256"], served
+    from agentkit import Classify
+
+    task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
+    peft_dist = task.answer(Tier(f"hf:{hf}?adapter={random_adapter}").engine, SPAM).details["distribution"]
+    base = offline["classify"]["distribution"]["ham"]
+    assert abs(served["distribution"]["ham"] - base) > 0.05, (served, base)  # the adapter is applied
+    assert abs(served["distribution"]["ham"] - peft_dist["ham"]) < 0.05, (served, peft_dist)
+
+
 def test_without_vllm_the_error_names_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ModelUnavailableError, match="vllm"):

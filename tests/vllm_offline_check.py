@@ -1,6 +1,7 @@
 """Run inside the vLLM environment by tests/test_vllm_offline.py (vLLM pins its own torch, so it does
 not share the test suite's environment): the ``vllm-offline`` tier on a real model, results as one
-JSON file (vLLM logs to stdout). Usage: ``python tests/vllm_offline_check.py MODEL_DIR OUT.json``."""
+JSON file (vLLM logs to stdout). Usage: ``python tests/vllm_offline_check.py MODEL_DIR OUT.json [ADAPTER_DIR]``
+(with an adapter: only the SMS label distribution, served with the LoRA adapter on top)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ import pydantic
 
 from agentkit import Classify, Constraint, Extract, Node, Tier
 
+SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim."
+
+
+def with_adapter(model_dir: str, out_path: str, adapter: str) -> None:
+    tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true&adapter={adapter}")
+    r = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier]).run(SPAM)
+    a = r.attempts[0]
+    out = {"ok": r.ok, "value": r.value, "distribution": a.details.get("distribution"), "tier": a.details.get("tier")}
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+
 
 def main(model_dir: str, out_path: str) -> None:
     tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true")  # labels scored from prompt_logprobs
@@ -19,7 +31,7 @@ def main(model_dir: str, out_path: str) -> None:
     llm_generate = None
 
     spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
-    r = spam.run("WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim.")
+    r = spam.run(SPAM)
     out = {"classify": {"ok": r.ok, "value": r.value, "confidence": r.confidence,
                         "method": r.attempts[0].confidence_method,
                         "distribution": r.attempts[0].details.get("distribution")}}  # fmt: skip
@@ -52,4 +64,7 @@ def main(model_dir: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if len(sys.argv) > 3:
+        with_adapter(*sys.argv[1:4])
+    else:
+        main(sys.argv[1], sys.argv[2])

@@ -106,6 +106,7 @@ class Classify(Task):
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
             self.index = ExampleIndex(examples, retrieval=retrieval)
             self.static = _static_examples(examples, static_per_label, seed)
+        self._seed = seed
         self._constraint = Constraint.choice(list(self.verbalizer.values()))
         self._fixed: list[Message] | None = None
 
@@ -116,6 +117,8 @@ class Classify(Task):
 
     def _forget(self) -> None:
         self._fixed, self._prior = None, {}
+        if self.index is not None:  # ``static_per_label`` may have changed (a tier's own setting)
+            self.static = _static_examples(self.index.examples, self.static_per_label, self._seed)
 
     def system_prompt(self) -> str:
         if not self.list_labels:

@@ -29,7 +29,11 @@ def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
     d = json.loads(data_full.read_text())
     domain_of = {intent: dom for dom, intents in domains.items() for intent in intents}
     shared = HERE.parents[2] / "shared" / "datasets" / "clinc150_oos"
-    seen = {json.loads(line)["input"].strip().lower() for f in ("train.jsonl", "val.jsonl") for line in open(shared / f)}
+    seen = {
+        json.loads(line)["input"].strip().lower()
+        for f in ("train.jsonl", "val.jsonl")
+        for line in (shared / f).read_text().splitlines()
+    }
     rows = [
         {"input": text, "expected": label, "domain": domain_of.get(label, "oos"), "is_oos": label == "oos",
          "orig_split": split}
