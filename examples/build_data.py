@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from email.message import EmailMessage
@@ -57,6 +58,7 @@ def _eml(subject: str, sender: str, body: str, attachment: tuple[str, bytes] | N
             msg.add_attachment(data.decode("utf-8"), filename=name)
         else:
             msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+        msg.set_boundary(f"==agentkit-{hashlib.sha256(body.encode() + data).hexdigest()[:20]}==")  # reproducible
     return bytes(msg)
 
 
@@ -76,6 +78,12 @@ def emails(shared: Path) -> None:
     def pick(records: list, label: str, n: int) -> list:
         return [r for r in records if r["expected"] == label][:n]
 
+    def round_robin(records: list, n: int) -> list:
+        """``n`` records taking each label in turn (so support questions span the knowledge base)."""
+        by_label = {label: [r for r in records if r["expected"] == label] for label in KB_INTENTS}
+        rows = [r for group in zip(*by_label.values(), strict=False) for r in group]
+        return rows[:n]
+
     def texts(side: str, n: int) -> dict[str, list[tuple[str, str]]]:
         """(subject, body) per class."""
         get = lambda split: getattr(split, side)  # noqa: E731
@@ -83,7 +91,7 @@ def emails(shared: Path) -> None:
         return {
             "spam": [("", r["input"]) for r in pick(get(sms), "spam", n)],
             "action_request": [("", r["input"]) for r in pick(get(enron), "ask", n)],
-            "support_question": [("", r["input"]) for r in get(bank)[:n]],
+            "support_question": [("", r["input"]) for r in round_robin(get(bank), n)],
             "other": [("", r["input"]) for r in pick(get(sms), "ham", half)]
             + [("", r["input"]) for r in pick(get(enron), "not_ask", n - half)],
         }
