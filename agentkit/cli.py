@@ -199,7 +199,9 @@ def _app():  # type: ignore[no-untyped-def]
             list[Path], typer.Option("--exclude", help="JSONL whose inputs are never trained on (evaluation data)")
         ] = [],  # noqa: B006
         k: Annotated[int, typer.Option("--k", help="retrieved examples in the tuned tier's prompt")] = 0,
+        static: Annotated[int, typer.Option("--static", help="fixed examples per label in its prompt")] = 0,
         steps: Annotated[int, typer.Option("--steps")] = 120,
+        minutes: Annotated[float, typer.Option("--minutes", help="time budget for the steps (0: none)")] = 30.0,
         rank: Annotated[int, typer.Option("--rank")] = 8,
         batch: Annotated[int, typer.Option("--batch")] = 8,
         lr: Annotated[float, typer.Option("--lr")] = 2e-4,
@@ -234,7 +236,8 @@ def _app():  # type: ignore[no-untyped-def]
             records = [r for path in data for r in load_records(path, None)]
             trace_rows = [r for path in traces for r in load_records(path, None, need_expected=False)]
             held = [str(r["input"]) for path in exclude for r in load_records(path, None)]
-            task = node.task.variant(k=k) if hasattr(node.task, "k") else node.task
+            own = {key: v for key, v in {"k": k, "static_per_label": static}.items() if hasattr(node.task, key)}
+            task = node.task.variant(**own)
             found = tuning.training_set(
                 task, records=records, traces=trace_rows, node=node.name, exclude=held, seed=seed
             )
@@ -242,7 +245,7 @@ def _app():  # type: ignore[no-untyped-def]
                 found.examples = found.examples[:limit]
             err.print(f"training examples: {len(found.examples)}  {found.counts}")
             settings = tuning.TuneConfig(steps=steps, rank=rank, alpha=2 * rank, batch=batch, lr=lr, max_len=max_len,
-                                         seed=seed)  # fmt: skip
+                                         seed=seed, minutes=minutes or None)  # fmt: skip
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, transient=True) as progress:
                 bar = progress.add_task(f"tuning {node.name} (loading {base.name})", total=steps)
@@ -251,7 +254,7 @@ def _app():  # type: ignore[no-untyped-def]
                     progress.update(bar, completed=done, description=f"tuning {node.name}  loss {loss:.3f}")
 
                 report = tuning.train(found, base, out, settings, on_step=step,
-                                      bind={"tier_index": index, "stock_spec": stock, "task": {"k": k}})  # fmt: skip
+                                      bind={"tier_index": index, "stock_spec": stock, "task": own})  # fmt: skip
         except KeyboardInterrupt:
             err.print(f"[yellow]interrupted: checkpoint kept in {out}; run the same command again to resume[/yellow]")
             raise typer.Exit(130) from None

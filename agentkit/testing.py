@@ -88,11 +88,18 @@ VLLM_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_S
 """Environment for vLLM on an offline CPU machine: nothing from a hub, no telemetry, a 1 GiB KV cache."""
 
 
-def vllm_server_command(python: str | Path, model_dir: str | Path, *, max_model_len: int = 4096) -> list[str]:
-    """vLLM's OpenAI-compatible server on ``model_dir`` (served as ``qwen-0.5b``), eager, for :func:`serving`."""
-    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16",
-            "--max-model-len", str(max_model_len), "--enforce-eager"]  # fmt: skip
+def vllm_server_command(
+    python: str | Path, model_dir: str | Path, *, max_model_len: int = 4096, lora: dict[str, str | Path] | None = None
+) -> list[str]:
+    """vLLM's OpenAI-compatible server on ``model_dir`` (served as ``qwen-0.5b``), eager, for :func:`serving`;
+    ``lora`` = ``{name: adapter_dir}`` also serves those PEFT adapters, each as a model of that name."""
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "qwen-0.5b", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "bfloat16",
+           "--max-model-len", str(max_model_len), "--enforce-eager"]  # fmt: skip
+    if lora:
+        cmd += ["--enable-lora", "--max-lora-rank", "64", "--lora-modules"]
+        cmd += [f"{name}={Path(path).resolve()}" for name, path in lora.items()]
+    return cmd
 
 
 def free_port() -> int:

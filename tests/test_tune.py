@@ -177,7 +177,17 @@ def test_agentkit_tune_cli_end_to_end(tmp_path, sms):
 
     node = load_target(f"{app}:node")
     apply(tmp_path / "agentkit.toml", [node])
-    assert "lora=" in node.tiers[0].spec and node.tiers[0].task == {"k": 0}
+    assert "lora=" in node.tiers[0].spec and node.tiers[0].task == {"k": 0, "static_per_label": 0}
+
+
+def test_the_time_budget_stops_training_and_keeps_the_adapter(node, sms, tmp_path):
+    from agentkit.tune import TuneConfig, base_model, train, training_set
+
+    data = training_set(node.task, records=sms["train"][:8])
+    config = TuneConfig(steps=50, batch=2, rank=2, max_len=192, minutes=0.0001)  # 6 ms: one step, then stop
+    report = train(data, base_model(STOCK), tmp_path, config, gguf=False)
+    assert report.steps == 1 and len(report.losses) == 1
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
 def test_tuning_without_the_extra_is_a_clear_error(monkeypatch):

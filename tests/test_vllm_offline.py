@@ -12,6 +12,7 @@ import pytest
 
 from agentkit import Tier
 from agentkit.errors import ModelUnavailableError
+from agentkit.testing import serving, vllm_server_command
 from tests.conftest import ROOT, VLLM_ENV
 
 pytestmark = pytest.mark.server
@@ -85,7 +86,17 @@ def random_adapter(vllm_env, tmp_path_factory):
     return out
 
 
-def test_a_lora_adapter_is_served_and_agrees_with_peft(vllm_env, random_adapter, offline):
+@pytest.fixture(scope="module")
+def peft_distribution(vllm_env, random_adapter):
+    """The SMS label distribution from transformers + peft with the adapter (the reference)."""
+    from agentkit import Classify
+
+    _, hf = vllm_env
+    task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
+    return task.answer(Tier(f"hf:{hf}?adapter={random_adapter}").engine, SPAM).details["distribution"]
+
+
+def test_a_lora_adapter_is_served_in_process_and_agrees_with_peft(vllm_env, random_adapter, offline, peft_distribution):
     """vLLM's CPU build serves the LoRA adapter (``enable_lora``): the label distribution moves from the
     base model's, to what transformers + peft give with the same adapter on the same weights."""
     python, hf = vllm_env
@@ -96,14 +107,26 @@ def test_a_lora_adapter_is_served_and_agrees_with_peft(vllm_env, random_adapter,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text())
-    assert served["ok"] and served["tier"]["sha256"], served
-    from agentkit import Classify
-
-    task = Classify(["ham", "spam"], instructions="Is this SMS spam or ham?")
-    peft_dist = task.answer(Tier(f"hf:{hf}?adapter={random_adapter}").engine, SPAM).details["distribution"]
+    assert served["ok"] and served["tier"]["sha256"], served  # the adapter's hash is in the trace
     base = offline["classify"]["distribution"]["ham"]
     assert abs(served["distribution"]["ham"] - base) > 0.05, (served, base)  # the adapter is applied
-    assert abs(served["distribution"]["ham"] - peft_dist["ham"]) < 0.05, (served, peft_dist)
+    assert abs(served["distribution"]["ham"] - peft_distribution["ham"]) < 0.05, (served, peft_distribution)
+
+
+def test_a_vllm_server_serves_the_adapter_as_a_model(vllm_env, random_adapter, peft_distribution, tmp_path):
+    """``--enable-lora --lora-modules NAME=DIR``: the tier names the adapter as its model."""
+    from agentkit import Classify, Node
+
+    python, hf = vllm_env
+    cmd = vllm_server_command(python, hf, max_model_len=2048, lora={"random-lora": random_adapter})
+    with serving(cmd, tmp_path / "server.log", env={**os.environ, **VLLM_ENV}, timeout_s=400) as url:
+        node = Node(
+            Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"),
+            [f"vllm:{url}?model=random-lora&scoring=true"],
+        )
+        r = node.run(SPAM)
+    assert r.ok and r.attempts[0].confidence_method == "label-scoring", r.reason
+    assert abs(r.attempts[0].details["distribution"]["ham"] - peft_distribution["ham"]) < 0.05
 
 
 def test_without_vllm_the_error_names_what_to_install(monkeypatch):
