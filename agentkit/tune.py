@@ -244,8 +244,7 @@ def train(
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
-    resumable = {k: v for k, v in asdict(config).items() if k not in ("minutes", "save_every", "threads")}
-    fingerprint = {"data": data.digest(), "config": resumable, "base": base.name}
+    fingerprint = {"data": data.digest(), "config": _resumable(asdict(config)), "base": base.name}
     ckpt = out / "checkpoint"
     state = _load_checkpoint(ckpt, fingerprint, torch)
     if state is not None:
@@ -368,12 +367,19 @@ def _pad(batch: Sequence[tuple[list[int], int]], pad: int, torch: Any) -> tuple[
     return ids, labels, mask
 
 
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint must share to be resumed (not the time budget, threads, save interval)."""
+    return {k: v for k, v in config.items() if k not in ("minutes", "save_every", "threads")}
+
+
 def _load_checkpoint(ckpt: Path, fingerprint: dict[str, Any], torch: Any) -> dict[str, Any] | None:
     state_file = ckpt / "state.pt"
     if not state_file.is_file():
         return None
     state = torch.load(state_file, weights_only=False)
-    if state.get("fingerprint") != fingerprint:
+    saved = dict(state.get("fingerprint") or {})
+    saved["config"] = _resumable(saved.get("config") or {})
+    if saved != fingerprint:
         raise ConfigError(
             f"{ckpt} is a checkpoint of another run (different data or settings)",
             hint="use another --out folder, or delete the checkpoint to start over",

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     args = p.parse_args()
 
@@ -58,7 +59,8 @@ def main() -> None:
     if not (out / "tune.json").is_file():
         pool = split_records(split.train, seed=args.seed + 7).train  # spread over labels by hash order
         data = training_set(task.variant(**tuned_settings), records=pool[: args.train], seed=args.seed)
-        config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr)
+        config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
+                            minutes=args.minutes)  # fmt: skip
         report = train(
             data, base_model(stock.tiers[0].spec), out, config,
             on_step=lambda s, n, loss: print(f"\rstep {s}/{n} loss {loss:.3f}", end="", flush=True),
