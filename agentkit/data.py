@@ -53,6 +53,21 @@ def split_records(
     return Split(train=train, test=test)
 
 
+def sample(
+    records: Iterable[Mapping[str, Any]], n: int | None, *, seed: int = 0, key: str = "input"
+) -> list[dict[str, Any]]:
+    """``n`` records (all when ``None``) in a seeded hash order of ``record[key]``: the first ``n`` of a
+    file sorted by label would be one or two labels; these are a mix, the same on every run."""
+
+    def rank(r: Mapping[str, Any]) -> bytes:
+        value = r[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return hashlib.sha256(f"sample:{seed}:{normalize_text(text)}".encode()).digest()
+
+    ordered = sorted((dict(r) for r in records), key=rank)
+    return ordered if n is None else ordered[:n]
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Records of a JSONL file; a malformed line raises ValueError naming the line."""
     with Path(path).open(encoding="utf-8") as f:

@@ -24,13 +24,12 @@ held-out sets that are not in ../shared/datasets (bench/data).
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from _common import DATASETS, emit, evaluate, headline_figures, parser
 
 from agentkit import Classify, Node, Policy
-from agentkit.data import normalize_text, read_jsonl, split_records
+from agentkit.data import normalize_text, read_jsonl, sample, split_records
 
 INSTRUCTIONS = {
     "sms_spam_collection": (
@@ -72,11 +71,11 @@ def main() -> None:
         pool = list(read_jsonl(args.pool_data))
         known = {normalize_text(r["input"]) for r in pool}
         items = [r for r in records if normalize_text(r["input"]) not in known]
-        items = random.Random(args.seed).sample(items, min(args.limit, len(items)))
+        items = sample(items, args.limit, seed=args.seed)
         records = pool + records
     else:
         split = split_records(records, seed=args.seed)
-        pool, items = split.train, split.test[: args.limit]
+        pool, items = split.train, sample(split.test, args.limit, seed=args.seed)
     pool = pool[: args.pool] if args.pool else pool
     source = (args.pool_data or args.data).parent
     categories = source / "categories.json"

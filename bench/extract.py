@@ -12,7 +12,7 @@ from __future__ import annotations
 from _common import DATASETS, emit, evaluate, parser
 
 from agentkit import Cleanse, Extract, Node, Policy
-from agentkit.data import parse_amount, parse_date, read_jsonl, split_records
+from agentkit.data import parse_amount, parse_date, read_jsonl, sample, split_records
 from schemas.receipt import FIELD_KINDS, Receipt
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     args = p.parse_args()
 
     split = split_records(read_jsonl(args.data), seed=args.seed)
-    items = split.test[: args.limit]
+    items = sample(split.test, args.limit, seed=args.seed)
     cleanse = Cleanse()
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.cleanse]
     headline: dict = {

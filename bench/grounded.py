@@ -19,7 +19,7 @@ from _common import DATASETS, emit, evaluate, parser
 
 from agentkit import Node
 from agentkit.corpus import Corpus
-from agentkit.data import read_jsonl
+from agentkit.data import read_jsonl, sample
 from agentkit.tasks.grounded import GroundedAnswer
 
 SQUAD = DATASETS / "squad_v2_normans"
@@ -34,7 +34,7 @@ def main() -> None:
     p.set_defaults(limit=208)
     args = p.parse_args()
 
-    items = list(read_jsonl(args.data))[: args.limit]
+    items = sample(read_jsonl(args.data), args.limit, seed=args.seed)  # questions of every paragraph
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         corpus = Corpus.build(args.corpus, path=tmp)

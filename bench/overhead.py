@@ -20,7 +20,7 @@ from _common import DATASETS, emit, parser, print_table
 
 from agentkit import Classify, Constraint
 from agentkit.backends.llamacpp import LlamaCppEngine
-from agentkit.data import read_jsonl, split_records
+from agentkit.data import read_jsonl, sample, split_records
 from agentkit.embedded import model_path
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     from llama_cpp import Llama
 
     split = split_records(read_jsonl(args.data), seed=args.seed)
-    items = [r["input"] for r in split.test[: args.limit]]
+    items = [r["input"] for r in sample(split.test, args.limit, seed=args.seed)]
     task = Classify(
         ["ham", "spam"],
         instructions="Is this SMS spam or ham?",

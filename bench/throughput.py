@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import DATASETS, ROOT, emit, parser, print_table
 
 from agentkit import Classify, Node
-from agentkit.data import read_jsonl, split_records
+from agentkit.data import read_jsonl, sample, split_records
 from agentkit.testing import VLLM_ENV, serving, vllm_server_command
 
 BENCH_ENV = VLLM_ENV | {"VLLM_CPU_KVCACHE_SPACE": "2"}  # room for the batched runs
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
-    records = split_records(list(read_jsonl(args.data)), seed=args.seed).test[: args.limit]
+    records = sample(split_records(list(read_jsonl(args.data)), seed=args.seed).test, args.limit, seed=args.seed)
     texts = [r["input"] for r in records]
     expected = [str(r["expected"]) for r in records]
     labels = sorted(set(expected))

@@ -20,7 +20,7 @@ from _common import DATASETS, emit, evaluate, parser, print_table
 from classify import INSTRUCTIONS, verbalizer
 
 from agentkit import Classify, Node, Policy
-from agentkit.data import read_jsonl, split_records
+from agentkit.data import read_jsonl, sample, split_records
 from agentkit.tune import TuneConfig, base_model, comparison, train, training_set
 
 
@@ -57,8 +57,8 @@ def main() -> None:
     out = args.out / name
     tuned_settings = {"k": 0, "list_labels": False} | ({"static_per_label": 0} if args.static else {})
     if not (out / "tune.json").is_file():
-        pool = split_records(split.train, seed=args.seed + 7).train  # spread over labels by hash order
-        data = training_set(task.variant(**tuned_settings), records=pool[: args.train], seed=args.seed)
+        pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
+        data = training_set(task.variant(**tuned_settings), records=pool, seed=args.seed)
         config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
                             minutes=args.minutes)  # fmt: skip
         report = train(
@@ -70,7 +70,7 @@ def main() -> None:
     meta = json.loads((out / "tune.json").read_text())
     node, ladders = comparison(stock, out)
     args.save = args.save or out / "answers.jsonl"
-    report = evaluate(node, split.test[: args.limit], args, ladders=ladders)
+    report = evaluate(node, sample(split.test, args.limit, seed=args.seed), args, ladders=ladders)
     every = report["all"]
     rows = []
     for key in sorted(every):

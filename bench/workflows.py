@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import DATASETS, emit, print_table
 
-from agentkit.data import normalize_text, read_jsonl, split_records, values_match
+from agentkit.data import normalize_text, read_jsonl, sample, split_records, values_match
 from agentkit.runner import Item, load_target, run_batch
 
 INVOICE2DATA_FIELDS = {"issuer": "issuer", "invoice_number": "invoice_number", "date": "issue_date",
@@ -46,7 +46,7 @@ def invoice_items(path: Path, limit: int, seed: int) -> tuple[list[Item], dict[s
             items.append(Item(r["id"], value, str(pdf)))
             gold[r["id"]] = {k: v for k, v in r["expected_core"].items() if (r["id"], k) not in EXCLUDED}
         return items, gold, INVOICE2DATA_FIELDS
-    test = split_records(records, seed=seed).test[:limit]
+    test = sample(split_records(records, seed=seed).test, limit, seed=seed)
     return [Item(str(r["id"]), r["input"]) for r in test], {str(r["id"]): r["expected"] for r in test}, SROIE_FIELDS
 
 

@@ -75,3 +75,14 @@ def test_occurs_in_tolerates_ocr_noise_but_not_another_name():
     assert occurs_in("no.53 55,57 & 59 jalan sagu 18", ocr)
     assert not occurs_in("SYARIKAT PERNIAGAAN GIN KEE", ocr)
     assert not occurs_in("", ocr)
+
+
+def test_a_sample_of_a_label_sorted_file_mixes_the_labels():
+    from agentkit.data import sample
+
+    records = [{"input": f"text {i}", "expected": "a" if i < 500 else "b"} for i in range(1000)]
+    picked = sample(records, 40)
+    assert len(picked) == 40 and {r["expected"] for r in picked} == {"a", "b"}
+    assert 10 <= sum(r["expected"] == "a" for r in picked) <= 30
+    assert picked == sample(list(reversed(records)), 40)  # the order of the file does not matter
+    assert picked != sample(records, 40, seed=1) and len(sample(records, None)) == 1000
