@@ -47,10 +47,15 @@ def split_records(
     train: list[dict[str, Any]] = []
     test: list[dict[str, Any]] = []
     for r in records:
-        value = r[key]
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        (test if split_of(text, seed=seed, test_fraction=test_fraction) == "test" else train).append(dict(r))
+        side = split_of(_record_text(r, key), seed=seed, test_fraction=test_fraction)
+        (test if side == "test" else train).append(dict(r))
     return Split(train=train, test=test)
+
+
+def _record_text(record: Mapping[str, Any], key: str) -> str:
+    """``record[key]`` as text (non-string inputs JSON-dumped): what splitting and sampling hash."""
+    value = record[key]
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def sample(
@@ -60,9 +65,7 @@ def sample(
     file sorted by label would be one or two labels; these are a mix, the same on every run."""
 
     def rank(r: Mapping[str, Any]) -> bytes:
-        value = r[key]
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        return hashlib.sha256(f"sample:{seed}:{normalize_text(text)}".encode()).digest()
+        return hashlib.sha256(f"sample:{seed}:{normalize_text(_record_text(r, key))}".encode()).digest()
 
     ordered = sorted((dict(r) for r in records), key=rank)
     return ordered if n is None else ordered[:n]
