@@ -19,17 +19,20 @@ pytestmark = pytest.mark.server
 SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim."  # as in the check script
 
 
-@pytest.fixture(scope="module")
-def offline(vllm_env, tmp_path_factory):
+def run_check(vllm_env, out, *adapter):
+    """tests/vllm_offline_check.py in the vLLM environment; its results (a JSON file)."""
     python, hf = vllm_env
-    env = {**os.environ, **VLLM_ENV}
-    out = tmp_path_factory.mktemp("vllm_offline") / "results.json"
     done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
+        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), *map(str, adapter)],
+        capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def offline(vllm_env, tmp_path_factory):
+    return run_check(vllm_env, tmp_path_factory.mktemp("vllm_offline") / "results.json")
 
 
 def test_labels_are_scored_from_prompt_logprobs(offline, small):
@@ -99,14 +102,7 @@ def peft_distribution(vllm_env, random_adapter):
 def test_a_lora_adapter_is_served_in_process_and_agrees_with_peft(vllm_env, random_adapter, offline, peft_distribution):
     """vLLM's CPU build serves the LoRA adapter (``enable_lora``): the label distribution moves from the
     base model's, to what transformers + peft give with the same adapter on the same weights."""
-    python, hf = vllm_env
-    out = random_adapter.parent / "served.json"
-    done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), str(random_adapter)],
-        capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    served = json.loads(out.read_text())
+    served = run_check(vllm_env, random_adapter.parent / "served.json", random_adapter)
     assert served["ok"] and served["tier"]["sha256"], served  # the adapter's hash is in the trace
     base = offline["classify"]["distribution"]["ham"]
     assert abs(served["distribution"]["ham"] - base) > 0.05, (served, base)  # the adapter is applied

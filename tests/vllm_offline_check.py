@@ -15,13 +15,18 @@ from agentkit import Classify, Constraint, Extract, Node, Tier
 SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to claim."
 
 
-def with_adapter(model_dir: str, out_path: str, adapter: str) -> None:
-    tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true&adapter={adapter}")
+def classify_spam(tier: Tier) -> dict:
+    """The SMS label distribution for SPAM on ``tier``, with how it was computed and the tier's provenance."""
     r = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier]).run(SPAM)
     a = r.attempts[0]
-    out = {"ok": r.ok, "value": r.value, "distribution": a.details.get("distribution"), "tier": a.details.get("tier")}
+    return {"ok": r.ok, "value": r.value, "confidence": r.confidence, "method": a.confidence_method,
+            "distribution": a.details.get("distribution"), "tier": a.details.get("tier")}  # fmt: skip
+
+
+def with_adapter(model_dir: str, out_path: str, adapter: str) -> None:
+    tier = Tier(f"vllm-offline:{model_dir}?context=2048&scoring=true&adapter={adapter}")
     with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(out, f)
+        json.dump(classify_spam(tier), f)
 
 
 def main(model_dir: str, out_path: str) -> None:
@@ -30,11 +35,7 @@ def main(model_dir: str, out_path: str) -> None:
     calls = []
     llm_generate = None
 
-    spam = Node(Classify(["ham", "spam"], instructions="Is this SMS spam or ham?"), [tier])
-    r = spam.run(SPAM)
-    out = {"classify": {"ok": r.ok, "value": r.value, "confidence": r.confidence,
-                        "method": r.attempts[0].confidence_method,
-                        "distribution": r.attempts[0].details.get("distribution")}}  # fmt: skip
+    out = {"classify": classify_spam(tier)}
 
     msgs = [{"role": "user", "content": "Reply with exactly the word: hello"}]
     gen = engine.generate(msgs, Constraint.choice(["qv7zx", "kj3wp"]), max_tokens=8)
