@@ -1,0 +1,87 @@
+"""LoRA step time: the output layer on every position vs on the reply positions only (``reply_loss``).
+
+    python bench/tune_step.py --data ../shared/datasets/banking77/train.jsonl --limit 48 --batch 8
+
+The same batches of real training examples (the node's prompt format, train side of the split), the
+same model and adapter, alternating the two loss computations step by step; prints seconds per step,
+the ratio, both losses (they must agree) and peak memory, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from _common import DATASETS, emit, parser, print_table
+from classify import INSTRUCTIONS
+
+from agentkit import Classify
+from agentkit.data import read_jsonl, sample, split_records
+from agentkit.tune import _encode, _pad, _peak_rss_gb, base_model, reply_loss, training_set
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], DATASETS / "banking77" / "train.jsonl")
+    p.set_defaults(limit=48)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rank", type=int, default=8)
+    args = p.parse_args()
+
+    import peft
+    import torch
+    import transformers
+
+    from agentkit.backends.transformers_hf import dequantized
+
+    records = list(read_jsonl(args.data))
+    labels = sorted({str(r["expected"]) for r in records})
+    task = Classify(labels, instructions=INSTRUCTIONS.get(args.data.parent.name, "Classify the text."), k=0,
+                    list_labels=False)  # fmt: skip
+    pool = sample(split_records(records, seed=args.seed).train, args.limit, seed=args.seed)
+    data = training_set(task, records=pool, seed=args.seed)
+    folder = dequantized(base_model(args.tiers.split(",")[0]), "float32")
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    model.train()
+    rows, _ = _encode(tok, data.examples, 256)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
+
+    def full(ids, lab, mask):
+        return model(input_ids=ids, attention_mask=mask, labels=lab).loss
+
+    def reply(ids, lab, mask):
+        return reply_loss(model, ids, lab, mask)
+
+    times: dict[str, list[float]] = {"full logits": [], "reply positions": []}
+    losses: dict[str, list[float]] = {k: [] for k in times}
+    for batch in batches:
+        ids, lab, mask = _pad(batch, pad, torch)
+        for name, fn in (("full logits", full), ("reply positions", reply)):
+            t0 = time.perf_counter()
+            loss = fn(ids, lab, mask)
+            loss.backward()
+            model.zero_grad()
+            times[name].append(time.perf_counter() - t0)
+            losses[name].append(float(loss.detach()))
+    tokens = statistics.mean(max(len(t) for t, _ in b) * len(b) for b in batches)
+    rows_out = [[k, f"{statistics.median(v):.2f}", f"{statistics.mean(losses[k]):.4f}"] for k, v in times.items()]
+    print(f"{len(batches)} steps of {args.batch} examples each way, ~{tokens:.0f} padded tokens per step")
+    print_table(rows_out, ["loss computed on", "s/step (median)", "mean loss"])
+    full_s, reply_s = (statistics.median(v) for v in times.values())
+    print(f"speed-up {full_s / reply_s:.2f}×; peak RSS {_peak_rss_gb():.2f} GB")
+    emit({
+        "bench": "tune_step", "data": str(args.data), "steps": len(batches), "batch": args.batch,
+        "full_s_per_step": round(full_s, 3), "reply_s_per_step": round(reply_s, 3),
+        "speedup": round(full_s / reply_s, 3),
+        "max_loss_diff": round(max(abs(a - b) for a, b in zip(*losses.values(), strict=True)), 6),
+        "peak_rss_gb": round(_peak_rss_gb(), 2),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
