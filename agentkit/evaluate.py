@@ -202,13 +202,16 @@ def configurations(
     abstention: Any = None,
     ladders: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, list[CascadeOutcome]]:
-    """Outcomes per configuration: each tier alone (under ``policy``), the cascade per threshold,
+    """Outcomes per configuration: each tier alone (its own answer whatever its confidence — the
+    small-only / large-only baselines; an invalid answer is still a failure or, under an abstaining
+    policy, an abstention), the cascade per threshold,
     and each of ``ladders`` (name → tier indices, cheapest first) as a cascade per threshold
     (``NAME@THRESHOLD``), e.g. the stock and the tuned small tier each under the same large one."""
     n_tiers = len(table[0]) if table else 0
     out: dict[str, list[CascadeOutcome]] = {}
+    alone = replace(policy, threshold=0.0)
     for t in range(n_tiers):
-        out[f"tier{t}"] = [_on(cascade([row[t]], policy, abstention), [t]) for row in table]
+        out[f"tier{t}"] = [_on(cascade([row[t]], alone, abstention), [t]) for row in table]
     if n_tiers > 1:
         for th in thresholds:
             out[f"cascade@{th:g}"] = [cascade(row, replace(policy, threshold=th), abstention) for row in table]

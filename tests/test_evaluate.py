@@ -54,6 +54,16 @@ def test_abstaining_cascade_returns_the_abstention_and_counts_it():
     assert f["score"] == 1.0 and f["answered_by"] == [0.0, 0.0] and f["abstained"] == 1.0 and f["failures"] == 0
 
 
+def test_a_tier_alone_is_its_own_answer_whatever_its_confidence():
+    """small-only / large-only are the tiers' answers, not gated by the node's threshold (which would
+    make them abstain on everything under an abstaining policy); an invalid answer still abstains."""
+    rows = [[TierAnswer("x", True, 0.4, 0, 0), TierAnswer(None, False, None, 0, 0)]]
+    configs = configurations(rows, Policy(threshold=0.8, when_unsure="abstain"), [0.8], abstention="ABSTAIN")
+    assert configs["tier0"][0].value == "x" and configs["tier0"][0].tier == 0 and not configs["tier0"][0].abstained
+    assert configs["tier1"][0].abstained and configs["tier1"][0].value == "ABSTAIN"
+    assert configs["cascade@0.8"][0].abstained  # the cascade keeps the node's rules
+
+
 def test_answered_by_and_escalation_rate():
     rows = [
         [TierAnswer("a", True, 0.95, 0, 0), TierAnswer("a", True, 0.9, 0, 0)],
