@@ -142,8 +142,9 @@ def training_set(
 @dataclass(frozen=True)
 class TuneConfig:
     """LoRA settings. The defaults tune a classification node's 0.5B tier in at most 30 minutes on 2
-    CPU cores (120 steps of 8 short prompts: measured 12–16 s a step, Banking77 queries at 15.8 s;
-    ``minutes`` stops earlier and keeps the adapter) in ~7 GB (fp32)."""
+    CPU cores (120 steps of 8 short prompts; Banking77 queries measured at 12.8 s a step with the loss
+    on the reply positions only, 18.8 s with the output layer on every position — ``bench/tune_step.py``;
+    ``minutes`` stops earlier and keeps the adapter) in ~6 GB (fp32)."""
 
     rank: int = 8
     alpha: int = 16
