@@ -39,6 +39,13 @@ def test_building_the_workflows_loads_no_model(monkeypatch):
     assert invoice.build() is not None and email.build() is not None
 
 
+def test_the_knowledge_base_holds_the_articles_not_their_attribution():
+    from workflows.email import EXAMPLES, knowledge_base
+
+    names = [p.name for p in knowledge_base(EXAMPLES / "kb")]
+    assert "SOURCE.md" not in names and len(names) == 9 and "pin.md" in names
+
+
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
 def test_bad_documents_end_as_failure_records(invoice_graph, name):
     state = invoice_graph.invoke({"input": BAD_INPUTS[name], "source": name})

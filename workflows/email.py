@@ -86,6 +86,11 @@ def read_email(value: Any, name: str = "email") -> Email:
     return mail
 
 
+def knowledge_base(folder: Path) -> list[Path]:
+    """The help-centre articles in ``folder`` (its SOURCE.md attribution is not an article)."""
+    return sorted(p for p in folder.glob("*.md") if p.name.upper() not in ("SOURCE.MD", "README.MD"))
+
+
 def build(
     tiers: Sequence[str | Tier] = DEFAULT_TIERS,
     *,
@@ -115,7 +120,7 @@ def build(
     )
     extract = extraction_node(tiers, input="document")
     answer = Node(
-        GroundedAnswer(Corpus.build(examples / "kb"), k=2),
+        GroundedAnswer(Corpus.build(knowledge_base(examples / "kb")), k=2),
         tiers,
         Policy(threshold=answer_threshold, when_unsure="abstain"),
         name="answer",
