@@ -238,13 +238,7 @@ def train(
     rows, too_long = _encode(tok, data.examples, config.max_len)
     if not rows:
         raise ConfigError(f"every example is longer than max_len={config.max_len} tokens")
-    lora = peft.LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(peft, config)
     fingerprint = {"data": data.digest(), "config": _resumable(asdict(config)), "base": base.name}
     ckpt = out / "checkpoint"
     state = _load_checkpoint(ckpt, fingerprint, torch)
@@ -266,7 +260,7 @@ def train(
         order, losses, step, spent = state["order"], state["losses"], state["step"], state.get("spent", 0.0)
         rng.setstate(state["rng"])
     resumed = step
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
 
     def save_checkpoint() -> None:
         tmp = out / "checkpoint.tmp"
@@ -335,6 +329,22 @@ def train(
 
         shutil.rmtree(ckpt)
     return report
+
+
+def lora_config(peft: Any, config: TuneConfig) -> Any:
+    """The peft ``LoraConfig`` that ``config`` trains."""
+    return peft.LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def pad_id(tok: Any) -> int:
+    """The token batches are padded with (the end-of-sequence token when the tokenizer has no pad)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def _encode(tok: Any, examples: Sequence[TrainingExample], max_len: int) -> tuple[list[tuple[list[int], int]], int]:

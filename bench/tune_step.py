@@ -17,7 +17,17 @@ from classify import INSTRUCTIONS
 
 from agentkit import Classify
 from agentkit.data import read_jsonl, sample, split_records
-from agentkit.tune import _encode, _pad, _peak_rss_gb, base_model, reply_loss, training_set
+from agentkit.tune import (
+    TuneConfig,
+    _encode,
+    _pad,
+    _peak_rss_gb,
+    base_model,
+    lora_config,
+    pad_id,
+    reply_loss,
+    training_set,
+)
 
 
 def main() -> None:
@@ -42,13 +52,12 @@ def main() -> None:
     folder = dequantized(base_model(args.tiers.split(",")[0]), "float32")
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    model = peft.get_peft_model(
-        model, peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
-                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"),
-    )  # fmt: skip
+    # what `train` trains, without dropout so that the two loss computations see the same network
+    config = TuneConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0)
+    model = peft.get_peft_model(model, lora_config(peft, config))
     model.train()
-    rows, _ = _encode(tok, data.examples, 256)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows, _ = _encode(tok, data.examples, config.max_len)
+    pad = pad_id(tok)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
 
     def full(ids, lab, mask):
