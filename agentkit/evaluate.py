@@ -130,9 +130,15 @@ class CascadeOutcome:
     confidence: float | None = None
 
 
-def cascade(row: Sequence[TierAnswer], policy: Policy, abstention: Any = None) -> CascadeOutcome:
+def cascade(
+    row: Sequence[TierAnswer],
+    policy: Policy,
+    abstention: Any = None,
+    is_abstention: Callable[[Any], bool] | None = None,
+) -> CascadeOutcome:
     """What a node with ``policy`` over these tiers would have returned (same rules as ``Node.run``);
-    ``abstention`` is the value of an abstained outcome (``when_unsure="abstain"``)."""
+    ``abstention`` is the value of an abstained outcome (``when_unsure="abstain"``), ``is_abstention``
+    tells a tier's own abstention (the task's :meth:`~agentkit.task.Task.is_abstention`)."""
     cost = seconds = 0.0
     best: tuple[float, int] | None = None
     for t, a in enumerate(row):
@@ -141,7 +147,8 @@ def cascade(row: Sequence[TierAnswer], policy: Policy, abstention: Any = None) -
         last = t == len(row) - 1
         if not a.valid:
             continue
-        if policy.accepts(a.confidence, last=last):
+        abstains = is_abstention is not None and is_abstention(a.value)
+        if policy.accepts_answer(a.confidence, last=last, abstains=abstains):
             return CascadeOutcome(a.value, t, cost, seconds, t > 0, confidence=a.confidence)
         if a.confidence is not None and (best is None or a.confidence > best[0]):
             best = (a.confidence, t)
@@ -201,6 +208,7 @@ def configurations(
     thresholds: Sequence[float],
     abstention: Any = None,
     ladders: Mapping[str, Sequence[int]] | None = None,
+    is_abstention: Callable[[Any], bool] | None = None,
 ) -> dict[str, list[CascadeOutcome]]:
     """Outcomes per configuration: each tier alone (its own answer whatever its confidence — the
     small-only / large-only baselines; an invalid answer is still a failure or, under an abstaining
@@ -211,16 +219,19 @@ def configurations(
     out: dict[str, list[CascadeOutcome]] = {}
     alone = replace(policy, threshold=0.0)
     for t in range(n_tiers):
-        out[f"tier{t}"] = [_on(cascade([row[t]], alone, abstention), [t]) for row in table]
+        out[f"tier{t}"] = [_on(cascade([row[t]], alone, abstention, is_abstention), [t]) for row in table]
     if n_tiers > 1:
         for th in thresholds:
-            out[f"cascade@{th:g}"] = [cascade(row, replace(policy, threshold=th), abstention) for row in table]
+            at = replace(policy, threshold=th)
+            out[f"cascade@{th:g}"] = [cascade(row, at, abstention, is_abstention) for row in table]
     for name, rungs in (ladders or {}).items():
         if not rungs or any(not 0 <= t < n_tiers for t in rungs):
             raise ConfigError(f"ladder {name!r} names tiers outside 0..{n_tiers - 1}: {list(rungs)}")
         for th in thresholds:
             at = replace(policy, threshold=th)
-            out[f"{name}@{th:g}"] = [_on(cascade([row[t] for t in rungs], at, abstention), rungs) for row in table]
+            out[f"{name}@{th:g}"] = [
+                _on(cascade([row[t] for t in rungs], at, abstention, is_abstention), rungs) for row in table
+            ]
     return out
 
 
@@ -354,7 +365,7 @@ def evaluate_node(
         picked = [outs[i] for i in which]
         return figures(picked, scores, len(node.tiers)) | {"quality": metrics.quality(kind, values, golds, **opts)}
 
-    configs = configurations(table, node.policy, thresholds, abstention, ladders)
+    configs = configurations(table, node.policy, thresholds, abstention, ladders, node.task.is_abstention)
     every = list(range(len(done)))
     calib = [
         i for i in every if split_of(str(done[i]["input"]), seed=seed + 1, test_fraction=calibration_share) == "test"

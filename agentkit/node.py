@@ -117,8 +117,11 @@ class Node:
             last = index == len(self.tiers) - 1
             if attempt.outcome not in ("accepted", "low_confidence"):
                 continue  # invalid, engine or context error: the next tier may do better
-            if self.policy.accepts(attempt.confidence, last=last):
+            abstains = self.task.is_abstention(attempt.value)
+            if self.policy.accepts_answer(attempt.confidence, last=last, abstains=abstains):
                 return self._accept(result, attempt, "confident" if attempt.confidence is not None else "no_confidence")
+            if abstains and self.policy.escalate_abstentions and not last:
+                attempt.outcome, attempt.reason = "low_confidence", "abstained; the policy escalates abstentions"
             if attempt.confidence is None:
                 attempt.outcome, attempt.reason = (
                     "low_confidence",
@@ -132,7 +135,9 @@ class Node:
         result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
         if self.policy.when_unsure == "abstain":
             result.ok, result.accepted = True, "abstained"
-            result.value = self.task.abstention(result.reason)
+            # a tier's own abstention keeps what it saw (the passages it retrieved); else the task's
+            own = [a.value for a in result.attempts if a.outcome != "invalid" and self.task.is_abstention(a.value)]
+            result.value = own[-1] if own else self.task.abstention(result.reason)
         return self._finish(result)
 
     def _accept(self, result: Result, attempt: Attempt, how: str) -> Result:

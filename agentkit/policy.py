@@ -20,6 +20,9 @@ class Policy:
     """When no tier clears ``threshold``: ``"best"`` returns the most confident valid answer
     (marked ``accepted="below_threshold"``), ``"fail"`` returns a failure result, ``"abstain"``
     returns the task's abstention (e.g. "not in the corpus", ``accepted="abstained"``)."""
+    escalate_abstentions: bool = False
+    """A cheaper tier's abstention ("not in the corpus") is never accepted: the next tier is asked.
+    Trades correct abstentions for answers; off by default, measure it per node (``agentkit eval``)."""
     on_failure: Literal["return", "raise"] = "return"
     """``"return"``: a failure comes back as a :class:`~agentkit.result.Result` with ``ok=False``;
     ``"raise"``: :class:`~agentkit.errors.TaskFailed` is raised (it carries the result)."""
@@ -39,3 +42,10 @@ class Policy:
         if confidence is None:
             return last
         return confidence >= self.threshold
+
+    def accepts_answer(self, confidence: float | None, *, last: bool, abstains: bool) -> bool:
+        """:meth:`accepts`, except that under ``escalate_abstentions`` an abstention is accepted
+        only from the last tier."""
+        if abstains and self.escalate_abstentions and not last:
+            return False
+        return self.accepts(confidence, last=last)

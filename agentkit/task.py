@@ -76,6 +76,10 @@ class Task(ABC):
         (e.g. "not in the corpus"). Tasks that cannot abstain raise :class:`ConfigError`."""
         raise ConfigError(f"{self.kind} cannot abstain", hint="use when_unsure='best' or 'fail'")
 
+    def is_abstention(self, value: Any) -> bool:
+        """Whether a tier's answer ``value`` is itself an abstention (a grounded "not in these passages")."""
+        return False
+
     def variant(self, **knobs: Any) -> Task:
         """A copy with some :data:`TASK_KNOBS` changed, sharing everything else (its example index);
         made once per setting of the task and the knobs."""

@@ -17,7 +17,7 @@ import time
 
 from _common import DATASETS, emit, evaluate, parser
 
-from agentkit import Node
+from agentkit import Node, Policy
 from agentkit.corpus import Corpus
 from agentkit.data import read_jsonl, sample
 from agentkit.tasks.grounded import GroundedAnswer
@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--mode", default="auto", choices=["auto", "per_passage", "joint"])
     p.add_argument("--verify", action="store_true", help="check each extracted answer with a yes/no question")
+    p.add_argument("--escalate-abstentions", action="store_true", help="a cheaper tier's abstention asks the next tier")
     p.set_defaults(limit=208)
     args = p.parse_args()
 
@@ -43,7 +44,9 @@ def main() -> None:
     recall = sum(
         any(h.doc_id == it.get("gold_doc_id") for h, _ in corpus.search(it["input"], args.k)) for it in items
     ) / len(items)
-    node = Node(GroundedAnswer(corpus, k=args.k, mode=args.mode, verify=args.verify), args.tiers.split(","))
+    task = GroundedAnswer(corpus, k=args.k, mode=args.mode, verify=args.verify)
+    policy = Policy(when_unsure="abstain", escalate_abstentions=args.escalate_abstentions)
+    node = Node(task, args.tiers.split(","), policy)
     n_unans = sum(not it["expected"]["answerable"] for it in items)
     print(
         f"{args.data} — n={len(items)} ({n_unans} unanswerable), corpus={len(corpus)} passages"
@@ -62,6 +65,7 @@ def main() -> None:
             "split": report.get("split"),
             "k": args.k,
             "verify": args.verify,
+            "escalate_abstentions": args.escalate_abstentions,
             "recall_at_k": round(recall, 4),
             "config": pick,
             "f1": round(q["f1"], 2),

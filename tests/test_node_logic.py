@@ -8,8 +8,9 @@ import json
 import pydantic
 import pytest
 
-from agentkit import Classify, Extract, InputError, Node, Policy, TaskFailed, Tier, collect
+from agentkit import Classify, Corpus, Extract, GroundedAnswer, InputError, Node, Policy, TaskFailed, Tier, collect
 from agentkit.errors import EngineError
+from agentkit.evaluate import answer_all, cascade
 from agentkit.testing import FakeEngine, failing_engine
 
 
@@ -323,3 +324,36 @@ def test_a_verbatim_pick_outside_the_candidates_is_a_problem():
     task = Extract(Receipt, verbatim={"total": "amount"})
     answer = task.answer(engine, "A\nX\n01/02/2019\nTOTAL 12.50")
     assert any("total '99.99' is not one of its 1 candidates" in p for p in answer.problems)
+
+
+def _grounded_tiers(small_conf: float) -> tuple[GroundedAnswer, list[Tier]]:
+    corpus = Corpus()
+    text = "To close your account, open Settings and choose Close account."
+    corpus.add_documents([{"doc_id": "close", "text": text}])
+    small = FakeEngine(replies=["no"], confidence=small_conf)  # the passage does not answer it, says the small tier
+    large = FakeEngine(replies=["yes: open Settings and choose Close account."])
+    return GroundedAnswer(corpus, k=1), [fake_tier("small", small), fake_tier("large", large)]
+
+
+@pytest.mark.parametrize("escalate", [False, True])
+def test_a_cheaper_tiers_abstention_escalates_only_when_the_policy_says_so(escalate):
+    task, tiers = _grounded_tiers(small_conf=0.9)
+    policy = Policy(threshold=0.5, when_unsure="abstain", escalate_abstentions=escalate)
+    result = Node(task, tiers, policy).run("How do I close my account?")
+    if escalate:
+        assert result.tier == "large" and result.value["answerable"] and result.escalated
+        assert result.attempts[0].outcome == "low_confidence" and "escalates abstentions" in result.attempts[0].reason
+    else:  # a confident "not in these passages" is accepted from the cheapest tier
+        assert result.tier == "small" and result.value["answerable"] is False and not result.escalated
+    # eval derives the same outcome from the tiers' answers
+    row = answer_all(task, tiers, ["How do I close my account?"])[0]
+    out = cascade(row, policy, task.abstention(""), task.is_abstention)
+    assert out.value["answerable"] == result.value["answerable"] and out.escalated == result.escalated
+
+
+def test_an_abstained_result_keeps_the_passages_the_tier_retrieved():
+    task, tiers = _grounded_tiers(small_conf=0.3)  # unsure "no"; the large tier answers but is made unsure too
+    tiers[1].engine.confidence = 0.3
+    result = Node(task, tiers, Policy(threshold=0.95, when_unsure="abstain")).run("How do I close my account?")
+    assert result.accepted == "abstained" and result.value["answerable"] is False
+    assert result.value["retrieved"] == ["close#0"]

@@ -117,6 +117,9 @@ class GroundedAnswer(Task):
     def abstention(self, reason: str) -> dict[str, Any]:
         return GroundedReply(answerable=False).model_dump()
 
+    def is_abstention(self, value: Any) -> bool:
+        return isinstance(value, dict) and value.get("answerable") is False
+
     def check_input(self, value: Any) -> str:
         text = super().check_input(value)
         if len(self.corpus) == 0:
