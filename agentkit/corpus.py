@@ -153,9 +153,18 @@ class Corpus:
         self.path = Path(path).expanduser() if path else None
         self.passages: list[Passage] = []
         self._docs: dict[str, str] = {}  # doc_id -> digest of its text
+        self._fingerprint: str | None = None
         self._retriever: Any = None
         self._stem: Any = None
         self._vectors: np.ndarray | None = None
+
+    def fingerprint(self) -> str:
+        """A digest of what retrieval returns: every document's text digest and the index settings
+        (not where the corpus is saved)."""
+        if self._fingerprint is None:
+            blob = json.dumps([sorted(self._docs.items()), self.max_chars, self.stemmer, self.retrieval])
+            self._fingerprint = _digest(blob)
+        return self._fingerprint
 
     # ---- building ------------------------------------------------------------------
 
@@ -198,6 +207,7 @@ class Corpus:
         if not self.passages:
             raise InputError("the corpus has no text (no documents, or all empty)")
         if changed:
+            self._fingerprint = None
             self._index()
             if self.path is not None:
                 self.save()

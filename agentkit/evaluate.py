@@ -66,28 +66,31 @@ def iter_answers(
     cache: str | Path | None = None,
 ) -> Iterator[tuple[int, list[TierAnswer]]]:
     """``(i, row)`` per input, ``row[t]`` being tier ``t``'s answer. With ``cache`` (a JSONL file)
-    every answer is appended as soon as it exists and answers already there are reused."""
+    every answer is appended as soon as it exists and answers already there are reused — only those
+    given under the same task settings and the same tier (its spec, task settings and adapter hash),
+    so a changed node or a re-tuned adapter is asked again rather than read back stale."""
     ids = list(ids) if ids is not None else [item_id(v) for v in inputs]
     names = [t.name for t in tiers]
-    done: dict[tuple[str, str], TierAnswer] = {}
+    marks = [answer_mark(task, t) for t in tiers]
+    done: dict[tuple[str, str, str | None], TierAnswer] = {}
     if cache is not None and Path(cache).exists():
         with Path(cache).open(encoding="utf-8") as fh:
             for line in fh:
                 try:
                     rec = json.loads(line)
-                    done[(rec["id"], rec["tier"])] = TierAnswer(**rec["answer"])
+                    done[(rec["id"], rec["tier"], rec.get("config"))] = TierAnswer(**rec["answer"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut by a kill: that answer is asked again
     sink = Path(cache).open("a", encoding="utf-8") if cache is not None else None  # noqa: SIM115 (closed in finally; a generator)
     try:
         for i, (value, key) in enumerate(zip(inputs, ids, strict=True)):
             row = []
-            for tier, name in zip(tiers, names, strict=True):
-                answer = done.get((key, name))
+            for tier, name, mark in zip(tiers, names, marks, strict=True):
+                answer = done.get((key, name, mark)) or done.get((key, name, None))  # None: written before marks
                 if answer is None:
                     answer = answer_one(task, tier, value)
                     if sink is not None:
-                        record = {"id": key, "tier": name, "answer": asdict(answer)}
+                        record = {"id": key, "tier": name, "config": mark, "answer": asdict(answer)}
                         sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                         sink.flush()
                 row.append(answer)
@@ -95,6 +98,15 @@ def iter_answers(
     finally:
         if sink is not None:
             sink.close()
+
+
+def answer_mark(task: Task, tier: Tier) -> str:
+    """What a tier's answer depends on, hashed: the task's settings as that tier runs them, the
+    tier's spec and, for a tuned tier, its adapter's sha256."""
+    blob = json.dumps(
+        [tier.adapt(task).settings(), tier.spec, tier.provenance.get("sha256")], sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def answer_all(

@@ -92,3 +92,14 @@ def test_load_of_a_folder_without_a_corpus_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="no saved corpus"):
         Corpus.load(tmp_path)
+
+
+def test_fingerprint_follows_the_content_not_the_folder(tmp_path, normans):
+    a, b = Corpus(path=tmp_path / "a"), Corpus(path=tmp_path / "b")
+    a.add_documents(normans)
+    b.add_documents(normans)
+    b = Corpus.load(tmp_path / "b")
+    assert a.fingerprint() == b.fingerprint()  # same documents saved elsewhere and reloaded
+    before = a.fingerprint()
+    a.add_documents([{"doc_id": "extra", "text": "A new paragraph about something else."}])
+    assert a.fingerprint() != before

@@ -20,6 +20,7 @@ from agentkit.evaluate import (
     evaluate_node,
     figures,
     headline,
+    iter_answers,
     percentile,
     wilson,
 )
@@ -215,6 +216,29 @@ def test_evaluate_node_splits_calibrates_and_resumes(tmp_path):
     small.engine.score = lambda *a, **k: calls.append(1)  # a rerun must not ask again
     again = evaluate_node(node, records, thresholds=[0.5, 0.9], cache=cache)
     assert not calls and again["all"]["cascade@0.9"]["score"] == 1.0
+
+
+def test_cached_answers_are_reused_only_for_the_same_task_and_tier(tmp_path):
+    cache = tmp_path / "answers.jsonl"
+    tier = fake("small", "a", 0.9)
+    inputs = ["one text", "another text"]
+    list(iter_answers(Classify(["a", "b"]), [tier], inputs, cache=cache))
+    tier.engine.calls.clear()
+    list(iter_answers(Classify(["a", "b"]), [tier], inputs, cache=cache))
+    assert tier.engine.calls == []  # same settings: read back, not asked
+    list(iter_answers(Classify(["a", "b"], instructions="Other words."), [tier], inputs, cache=cache))
+    assert len(tier.engine.calls) == 2  # the node changed: asked again, not read back stale
+    retuned = Tier(spec="fake:small", name="small", engine=tier.engine)
+    retuned._provenance = {"sha256": "a new adapter"}
+    tier.engine.calls.clear()
+    list(iter_answers(Classify(["a", "b"]), [retuned], inputs, cache=cache))
+    assert len(tier.engine.calls) == 2  # same name, another adapter: asked again
+    legacy = tmp_path / "legacy.jsonl"  # written before answers carried their settings: still read
+    lines = [json.loads(x) for x in cache.read_text().splitlines()][:2]
+    legacy.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "config"}) + "\n" for r in lines))
+    tier.engine.calls.clear()
+    list(iter_answers(Classify(["a", "b"], instructions="Other words."), [tier], inputs, cache=legacy))
+    assert tier.engine.calls == []
 
 
 def test_records_in_the_example_pool_are_left_out():

@@ -263,7 +263,7 @@ class GroundedAnswer(Task):
             "mode": self.mode,
             "extractive": self.extractive,
             "verify": self.verify,
-            "corpus": {"passages": len(self.corpus), "path": str(self.corpus.path) if self.corpus.path else None},
+            "corpus": {"passages": len(self.corpus), "fingerprint": self.corpus.fingerprint()},
         }
 
 
