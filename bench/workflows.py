@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import DATASETS, emit, print_table
 
 from agentkit.data import normalize_text, read_jsonl, sample, split_records, values_match
+from agentkit.evaluate import percentile
 from agentkit.runner import Item, load_target, run_batch
 
 INVOICE2DATA_FIELDS = {"issuer": "issuer", "invoice_number": "invoice_number", "date": "issue_date",
@@ -131,6 +132,12 @@ def bench_invoice(args: argparse.Namespace) -> dict:
     failed = [r for r in records if not r.get("ok")]
     for r in failed[:5]:
         print(f"failed: {r['id']}: {str(r.get('reason'))[:160]}")
+    by = collections.Counter(
+        next((x.get("tier") for x in r.get("nodes", []) if x.get("node", "").startswith("extract")), None) or "failed"
+        for r in records
+    )
+    print("extracted by:", dict(by))
+    latencies = [r["latency_s"] for r in records]
     return {
         "bench": "workflows/invoice",
         "data": str(args.data),
@@ -139,7 +146,10 @@ def bench_invoice(args: argparse.Namespace) -> dict:
         "fields": {f: round(right[f] / counted[f], 4) for f in fields if counted[f]},
         "failed": len(failed),
         "escalation_rate": round(sum(r.get("escalated", False) for r in records) / n, 4),
-        "s_per_item": round(sum(r["latency_s"] for r in records) / n, 2),
+        "s_per_item": round(sum(latencies) / n, 2),
+        "latency_p50_s": round(percentile(latencies, 0.5), 1),
+        "latency_p95_s": round(percentile(latencies, 0.95), 1),
+        "extracted_by": dict(by),
         "usd_per_item": sum(r.get("cost_usd", 0.0) for r in records) / n,
         "excluded": [f"{i}.{f}: {why}" for (i, f), why in EXCLUDED.items()],
     }
