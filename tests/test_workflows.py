@@ -134,6 +134,18 @@ def test_business_checks_on_real_invoice_text(datasets):
     assert date_printed(german, "Rechnungsdatum: 7. Mai 2014") is None  # words in another language
 
 
+def test_the_currency_is_constrained_to_the_documents_markers(datasets):
+    from agentkit import read_jsonl
+    from workflows.invoice import document_currencies, extraction_node
+
+    receipt = next(iter(read_jsonl(datasets / "sroie2019" / "dev.jsonl")))["input"]
+    assert document_currencies(receipt) == ["MYR"]  # a Malaysian receipt: RM amounts
+    assert document_currencies("Total: 12.00 EUR (€)") == ["EUR"]
+    assert document_currencies("TOTAL 12.50\nThank you") == []  # nothing printed: the model decides
+    schema = json.loads(extraction_node(examples=None).task.constraint_for(receipt).spec)
+    assert schema["properties"]["currency"] == {"type": "string", "enum": ["MYR"]}
+
+
 def test_invoice_number_candidates_are_labelled_identifiers(datasets):
     from agentkit import read_jsonl
     from workflows.invoice import document_numbers

@@ -10,6 +10,10 @@ re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 - subtotal + tax = total (and, with ``line_items=True``, the lines add up to the subtotal or total);
 - the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …).
 
+Where the document prints currency markers, the currency is constrained to their codes (and the
+invoice number to the identifiers printed under a number label): a field the text decides is not
+left for the model to guess.
+
 The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
 the SROIE train split), so a vendor seen before is read the way it was labelled.
 """
@@ -161,6 +165,11 @@ def document_numbers(text: str) -> list[str]:
     return list(dict.fromkeys(x for x in found if len(x) >= 4 and not re.fullmatch(r"(19|20)\d\d", x)))
 
 
+def document_currencies(text: str) -> list[str]:
+    """The ISO 4217 codes of the currency markers printed in ``text`` (none: the model decides)."""
+    return sorted(currency_codes(text))
+
+
 # ---- the graph ----------------------------------------------------------------------------
 
 
@@ -203,7 +212,7 @@ def extraction_node(
             k=k,
             validators=CHECKS,
             max_tokens=800 if line_items else 300,
-            verbatim={"invoice_number": document_numbers},
+            verbatim={"invoice_number": document_numbers, "currency": document_currencies},
         ),
         tiers,
         Policy(threshold=threshold),
