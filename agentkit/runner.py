@@ -190,14 +190,22 @@ def run_one(target: Any, item: Item, *, debug: bool = False) -> dict[str, Any]:
         trace_results: list[Any] = []
     else:
         trace_results = trace.results
-    record["nodes"] = [
-        {"node": r.node, "ok": r.ok, "tier": r.tier, "confidence": r.confidence, "cost_usd": r.cost_usd}
-        for r in trace_results
-    ]
+    record["nodes"] = [_node_entry(r) for r in trace_results]
     record["escalated"] = any(r.escalated for r in trace_results)
     record["cost_usd"] = sum(r.cost_usd for r in trace_results)
     record["latency_s"] = round(time.perf_counter() - t0, 4)
     return record
+
+
+def _node_entry(result: Any) -> dict[str, Any]:
+    """One node's part of a record; when it escalated, why (each attempt it did not accept)."""
+    entry = {"node": result.node, "ok": result.ok, "tier": result.tier, "confidence": result.confidence,
+             "cost_usd": result.cost_usd}  # fmt: skip
+    if result.escalated:
+        entry["escalated_because"] = [
+            f"{a.tier}: {a.outcome}: {a.reason}"[:300] for a in result.attempts if a.outcome != "accepted"
+        ]
+    return entry
 
 
 def _as_text(value: Any) -> Any:

@@ -5,6 +5,7 @@ LangGraph graph, with a deliberate pause per item so that a run can be killed mi
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -102,6 +103,21 @@ def test_a_graph_target_reports_its_output_and_node_costs(workflow, tmp_path):
     (record,) = summary.records
     assert record["ok"] and record["value"] == {"label": "spam"}
     assert record["nodes"][0]["node"] == "classify" and record["nodes"][0]["tier"] == "knn"
+
+
+def test_a_record_says_why_a_node_escalated(tmp_path):
+    """Fake tiers (named as such): the cheap one is made unsure, which no real model does on demand."""
+    from agentkit import Classify, Node, Tier
+    from agentkit.testing import FakeEngine
+
+    unsure = Tier(spec="fake:small", name="small", engine=FakeEngine(replies=["spam"], confidence=0.55))
+    sure = Tier(spec="fake:large", name="large", engine=FakeEngine(replies=["spam"], confidence=0.95))
+    summary = run_batch(
+        Node(Classify(["ham", "spam"]), [unsure, sure]), [Item("x", "free prize")], None, stream=io.StringIO()
+    )
+    (node,) = summary.records[0]["nodes"]
+    assert summary.records[0]["escalated"] and node["tier"] == "large"
+    assert node["escalated_because"] == ["small: low_confidence: confidence 0.550 < threshold 0.8"]
 
 
 def test_a_torn_last_line_is_dropped_and_redone(tmp_path):
