@@ -98,11 +98,11 @@ def test_email_workflow_routes_real_messages(small, large, email_graph):
     assert spam["output"]["outcome"] == "dropped" and spam["output"]["category"] == "spam"
     invoice = email_graph.invoke({"input": (emails / "invoice-01.eml").read_bytes(), "source": "invoice-01.eml"})
     assert invoice["output"]["category"] == "invoice" and invoice["output"]["outcome"] in ("extracted", "flagged")
-    question = email_graph.invoke({"input": b"My new card still hasn't arrived, how long does delivery take?"})
+    question = email_graph.invoke({"input": b"How do I activate my card that just arrived?"})
     assert question["output"]["category"] == "support_question"
-    assert question["output"]["outcome"] in ("answered", "flagged")
-    if question["output"]["outcome"] == "answered":
-        assert question["output"]["answer"]["citations"][0].startswith("card-delivery#")
+    assert question["output"]["outcome"] == "answered", question["output"]["reason"]
+    reply = question["output"]["answer"]
+    assert reply["citations"][0].startswith("activate-card#") and "Activate" in reply["answer"]
 
 
 def test_a_prompt_injection_is_flagged_before_any_model_reads_it(email_graph, monkeypatch):
