@@ -26,7 +26,7 @@ class Constraint:
     def json_schema(cls, schema: dict[str, Any]) -> Constraint:
         import json
 
-        return cls("json", json.dumps(schema, sort_keys=True))
+        return cls("json", json.dumps(schema))  # key order kept: the output's fields come in the schema's order
 
     @classmethod
     def choice(cls, options: list[str]) -> Constraint:
