@@ -120,7 +120,7 @@ class Node:
             abstains = self.task.is_abstention(attempt.value)
             if self.policy.accepts_answer(attempt.confidence, last=last, abstains=abstains):
                 return self._accept(result, attempt, "confident" if attempt.confidence is not None else "no_confidence")
-            if abstains and self.policy.escalate_abstentions and not last:
+            if self.policy.passes_up(abstains=abstains, last=last):
                 attempt.outcome, attempt.reason = "low_confidence", "abstained; the policy escalates abstentions"
             if attempt.confidence is None:
                 attempt.outcome, attempt.reason = (

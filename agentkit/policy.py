@@ -43,9 +43,11 @@ class Policy:
             return last
         return confidence >= self.threshold
 
+    def passes_up(self, *, abstains: bool, last: bool) -> bool:
+        """Whether an answer goes to the next tier whatever its confidence: a cheaper tier's
+        abstention under ``escalate_abstentions``."""
+        return abstains and self.escalate_abstentions and not last
+
     def accepts_answer(self, confidence: float | None, *, last: bool, abstains: bool) -> bool:
-        """:meth:`accepts`, except that under ``escalate_abstentions`` an abstention is accepted
-        only from the last tier."""
-        if abstains and self.escalate_abstentions and not last:
-            return False
-        return self.accepts(confidence, last=last)
+        """:meth:`accepts`, unless the answer :meth:`passes_up`."""
+        return not self.passes_up(abstains=abstains, last=last) and self.accepts(confidence, last=last)
