@@ -22,7 +22,7 @@ from agentkit.result import Attempt, Result, Trace, collect
 from agentkit.task import Answer, Task
 from agentkit.tasks.classify import Classify
 from agentkit.tasks.cleanse import Cleanse
-from agentkit.tasks.extract import Extract
+from agentkit.tasks.extract import Drop, Extract
 from agentkit.tasks.grounded import GroundedAnswer, GroundedReply
 from agentkit.tier import Tier
 
@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "Constraint",
     "Corpus",
+    "Drop",
     "Engine",
     "EngineError",
     "Extract",

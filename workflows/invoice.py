@@ -5,10 +5,15 @@ The business checks are the extraction node's validators, so an invoice that fai
 re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 
 - the issuer is printed in the document (up to OCR noise);
-- the total is an amount printed in the document; so is the subtotal and the tax, if given;
+- the total is an amount printed in the document;
 - the issue date is a date printed in the document (day-first or month-first);
-- subtotal + tax = total (and, with ``line_items=True``, the lines add up to the subtotal or total);
-- the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …).
+- the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …);
+- with ``line_items=True``, the lines add up to the subtotal or total.
+
+The optional amounts are checked too, but an invoice is not failed (nor re-asked of a bigger
+model) for them: a subtotal or tax that is not printed, or a pair that does not add up to the total,
+is set to null and the reason recorded (``Drop``; in the result's attempt details). The exception:
+when subtotal + tax is itself a printed amount, the total is the suspect and the check fails.
 
 Where the document prints currency markers, the currency is constrained to their codes (and the
 invoice number to the identifiers printed under a number label): a field the text decides is not
@@ -29,7 +34,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from agentkit import Cleanse, Extract, Node, Policy, Tier, read_jsonl
+from agentkit import Cleanse, Drop, Extract, Node, Policy, Tier, read_jsonl
 from agentkit.data import candidates, occurs_in, parse_amount, parse_date
 from agentkit.documents import document_text
 from agentkit.errors import InputError
@@ -83,14 +88,26 @@ def printed_dates(text: str) -> set[date]:
     return found
 
 
-def amounts_printed(value: InvoiceHeader, text: str) -> str | None:
+def _printed(amount: Decimal, printed: set[Decimal], text: str) -> bool:
+    return amount in printed or _whole_amount_printed(amount, text)
+
+
+def total_printed(value: InvoiceHeader, text: str) -> str | None:
+    if not _printed(value.total, _amounts(text), text):
+        return f"total {value.total} is not an amount printed in the document"
+    return None
+
+
+def optional_amounts_printed(value: InvoiceHeader, text: str) -> Drop | None:
+    """A subtotal or tax that is not printed is dropped (the invoice stands without it)."""
     printed = _amounts(text)
-    for name in ("total", "subtotal", "tax"):
-        amount = getattr(value, name)
-        if amount is None or amount in printed or (name == "tax" and amount == 0):
-            continue
-        if not _whole_amount_printed(amount, text):
-            return f"{name} {amount} is not an amount printed in the document"
+    unprinted = tuple(
+        name
+        for name in ("subtotal", "tax")
+        if (amount := getattr(value, name)) is not None and amount != 0 and not _printed(amount, printed, text)
+    )
+    if unprinted:
+        return Drop(unprinted, ", ".join(f"{n} {getattr(value, n)} is not printed" for n in unprinted))
     return None
 
 
@@ -105,10 +122,21 @@ def date_printed(value: InvoiceHeader, text: str) -> str | None:
     return f"issue date {day} is not a date printed in the document"
 
 
-def amounts_add_up(value: InvoiceHeader, text: str) -> str | None:
+def amounts_add_up(value: InvoiceHeader, text: str) -> str | Drop | None:
+    """subtotal + tax = total. When they do not, the optional pair is dropped, unless their sum is
+    itself printed: then the total is the suspect, and the invoice fails the check."""
     cent = Decimal("0.01")
     if value.subtotal is not None and value.tax is not None and abs(value.subtotal + value.tax - value.total) > cent:
-        return f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
+        problem = f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
+        added = value.subtotal + value.tax
+        if added != value.total and _printed(added, _amounts(text), text):
+            return f"{problem}, and {added} is printed: the total may be wrong"
+        return Drop(("subtotal", "tax"), problem)
+    return None
+
+
+def line_items_add_up(value: InvoiceHeader, text: str) -> str | None:
+    cent = Decimal("0.01")
     if isinstance(value, Invoice) and value.line_items:
         lines = sum((item.amount for item in value.line_items), Decimal(0))
         if all(abs(lines - t) > cent for t in (value.subtotal, value.total) if t is not None):
@@ -129,7 +157,8 @@ def currency_printed(value: InvoiceHeader, text: str) -> str | None:
     return None
 
 
-CHECKS = (issuer_printed, amounts_printed, date_printed, amounts_add_up, currency_printed)
+CHECKS = (issuer_printed, total_printed, optional_amounts_printed, date_printed, amounts_add_up, line_items_add_up,
+          currency_printed)  # fmt: skip
 
 
 # ---- the invoice number: picked among labelled identifiers ---------------------------------

@@ -18,19 +18,26 @@ import pydantic
 from agentkit.backends.openai_server import api_error
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import ConfigError
+from agentkit.tasks.extract import Drop, Validator
 
 Mode = Literal["json_schema", "json", "tools", "md_json"]
 
 
 def checked_model(
-    schema: type[pydantic.BaseModel], validators: Sequence[Callable[[Any, str], str | None]], error_chars: int
+    schema: type[pydantic.BaseModel], validators: Sequence[Validator], error_chars: int
 ) -> type[pydantic.BaseModel]:
     """``schema`` with the node's validators as a model validator (the source text comes in the
     validation context), raising one error of at most ``error_chars`` characters."""
 
     def rules(self: Any, info: pydantic.ValidationInfo) -> Any:
         text = (info.context or {}).get("text", "")
-        problems = [p for p in (check(self, text) for check in validators) if p]
+        problems, seen = [], self
+        for check in validators:
+            verdict = check(seen, text)
+            if isinstance(verdict, Drop):  # not an error to re-ask for: the caller nulls the fields after
+                seen = seen.model_copy(update=dict.fromkeys(verdict.fields))
+            elif verdict:
+                problems.append(verdict)
         if problems:
             raise ValueError("; ".join(problems)[:error_chars])
         return self
@@ -102,7 +109,7 @@ class InstructorEngine:
         schema: type[pydantic.BaseModel],
         *,
         text: str = "",
-        validators: Sequence[Callable[[Any, str], str | None]] = (),
+        validators: Sequence[Validator] = (),
         max_tokens: int = 512,
     ) -> tuple[pydantic.BaseModel | None, Usage, list[str]]:
         """The reply as ``schema``, checked by ``validators`` against ``text``, re-asked at most

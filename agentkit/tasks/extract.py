@@ -6,6 +6,7 @@ import json
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -16,8 +17,20 @@ from agentkit.errors import ConfigError
 from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
 
-Validator = Callable[[Any, str], "str | None"]
-"""``(value, source_text) -> problem or None``: a node-level rule, e.g. the total occurs in the text."""
+
+@dataclass(frozen=True)
+class Drop:
+    """A validator's verdict that optional ``fields`` are wrong but the rest of the answer stands:
+    the fields are set to null and the reason is recorded (``details["dropped"]``), so the answer
+    is not failed (nor escalated) for a field the caller can do without."""
+
+    fields: tuple[str, ...]
+    reason: str
+
+
+Validator = Callable[[Any, str], "str | Drop | None"]
+"""``(value, source_text) -> problem, Drop or None``: a node-level rule, e.g. the total occurs in
+the text. Validators run in order; one that returns :class:`Drop` changes what the next ones see."""
 
 CandidateFinder = Callable[[str], list[str]]
 """``source_text -> candidate values`` for a verbatim field."""
@@ -137,22 +150,36 @@ class Extract(Task):
         msgs.append({"role": "user", "content": text})
         return msgs
 
-    def parse(self, raw: str, text: str) -> tuple[Any, list[str]]:
-        """Parse and validate ``raw``; returns the value (or None) and the problems found."""
+    def parse(self, raw: str, text: str) -> tuple[Any, list[str], list[Drop]]:
+        """Parse and validate ``raw``: the value (or None), the problems found and the optional
+        fields dropped (already null in the value)."""
         try:
             model = self.schema.model_validate_json(raw)
         except pydantic.ValidationError as e:
             errs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'output'}: {x['msg']}" for x in e.errors()[:5])
-            return None, [f"schema: {errs}"]
+            return None, [f"schema: {errs}"], []
+        return self.check(model, text)
+
+    def check(self, model: pydantic.BaseModel, text: str) -> tuple[Any, list[str], list[Drop]]:
+        """Run the validators on a parsed ``model``; see :meth:`parse`."""
         problems: list[str] = []
+        dropped: list[Drop] = []
         for check in self.validators:
+            name = getattr(check, "__name__", repr(check))
             try:
-                problem = check(model, text)
+                verdict = check(model, text)
             except Exception as e:  # a broken rule is a recorded problem, not a crash
-                problem = f"validator {getattr(check, '__name__', check)!r} raised {type(e).__name__}: {e}"
-            if problem:
-                problems.append(problem)
-        return model, problems
+                verdict = f"validator {name!r} raised {type(e).__name__}: {e}"
+            if isinstance(verdict, Drop):
+                required = [f for f in verdict.fields if f not in self.schema.model_fields or not self._nullable(f)]
+                if required:  # only an optional field may be dropped; anything else is a failure
+                    problems.append(f"{verdict.reason} (validator {name!r} cannot drop {', '.join(required)})")
+                    continue
+                model = model.model_copy(update=dict.fromkeys(verdict.fields))
+                dropped.append(verdict)
+            elif verdict:
+                problems.append(verdict)
+        return model, problems, dropped
 
     def verbatim_candidates(self, text: str) -> dict[str, list[str]]:
         """Per verbatim field, the values it may take for ``text`` (fields with none are left out)."""
@@ -204,12 +231,17 @@ class Extract(Task):
             problems.append(f"output cut at the token limit ({self.max_tokens})")
         if RUNAWAY_WHITESPACE.search(gen.text):  # indented JSON is fine; blank lines or long runs are not
             problems.append("runaway whitespace in output")
-        model, parse_problems = self.parse(gen.text, text)
+        model, parse_problems, dropped = self.parse(gen.text, text)
         problems += parse_problems
         if model is not None:  # the constraint may have been dropped by the engine: check, never trust
             problems += self._off_candidates(model, choices)
         fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
-        conf = min(fields.values()) if fields else (None if not engine.capabilities.token_probs else 0.0)
+        gone = {f for d in dropped for f in d.fields}
+        kept = [c for name, c in fields.items() if name not in gone]  # a dropped field's doubt is settled
+        conf = min(kept) if kept else (None if not engine.capabilities.token_probs else 0.0)
+        details: dict[str, Any] = {"field_confidence": fields}
+        if dropped:
+            details["dropped"] = [{"fields": list(d.fields), "reason": d.reason} for d in dropped]
         return Answer(
             value=model.model_dump(mode="json") if model is not None else None,
             raw=gen.text,
@@ -217,18 +249,22 @@ class Extract(Task):
             method=f"token-probs:q{int(self.quantile * 100)}" if engine.capabilities.token_probs else "none",
             usage=gen.usage,
             problems=problems,
-            details={"field_confidence": fields},
+            details=details,
         )
 
     def _structured(self, engine: Any, text: str, choices: Mapping[str, list[str]]) -> Answer:
         model, usage, problems = engine.structured(
             self.messages(text), self.schema, text=text, validators=self.validators, max_tokens=self.max_tokens
         )
+        details: dict[str, Any] = {}
         if model is not None:
+            model, _, dropped = self.check(model, text)  # the re-ask loop saw problems only; apply the drops
             problems += self._off_candidates(model, choices)
+            if dropped:
+                details["dropped"] = [{"fields": list(d.fields), "reason": d.reason} for d in dropped]
         value = model.model_dump(mode="json") if model is not None else None
         raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
-        return Answer(value=value, raw=raw, confidence=None, method="validated", usage=usage, problems=problems)
+        return Answer(value, raw, None, "validated", usage, problems, details)
 
     def settings(self) -> dict[str, Any]:
         return {
