@@ -194,7 +194,19 @@ def compare_fields(
 
 # ---- candidate values in a text -----------------------------------------------------
 
-_AMOUNT_TOKEN = re.compile(r"(?<![\w.,])-?\d{1,3}(?:[,.\s]\d{3})*[.,]\d{2}(?![\d])|(?<![\w.,])-?\d+[.,]\d{2}(?!\d)")
+_AMOUNT_TOKEN = re.compile(r"(?<![\d.,])-?\d{1,3}(?:[,.\s]\d{3})*[.,]\d{2}(?![\d])|(?<![\d.,])-?\d+[.,]\d{2}(?!\d)")
+_GLUED_PREFIX = re.compile(r"(?<![A-Za-z])(?:[A-Z]{1,3}|Rs|Rp)$")
+"""Letters an amount may be glued to: a currency code or sign (``RM29.30``, ``USD12.00``, ``Rs250.00``)."""
+
+
+def _amount_tokens(text: str) -> Iterator[str]:
+    for m in _AMOUNT_TOKEN.finditer(text):
+        before = text[max(0, m.start() - 4) : m.start()]
+        if before and (before[-1].isalpha() or before[-1] == "_") and not _GLUED_PREFIX.search(before):
+            continue  # part of a word or code ("ITEM2.50", "x12.00")
+        yield m.group(0).strip()
+
+
 _DATE_TOKEN = re.compile(
     r"\b\d{1,4}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{2,4}\b"
     r"|\b\d{1,2}(?:st|nd|rd|th)?[\s\-/.]*[A-Za-z]{3,9}\.?[\s\-/.,]*\d{2,4}\b"
@@ -226,7 +238,7 @@ def candidates(kind: str, text: str) -> list[str]:
     """Strings in ``text`` that could be a value of ``kind`` (``amount`` or ``date``), as printed,
     in order of first appearance, without duplicates."""
     if kind == "amount":
-        found = [m.group(0).strip() for m in _AMOUNT_TOKEN.finditer(text)]
+        found = list(_amount_tokens(text))
     elif kind == "date":
         found = [m.group(0).strip() for m in _DATE_TOKEN.finditer(text) if parse_date(m.group(0))]
     else:
