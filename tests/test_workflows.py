@@ -149,6 +149,22 @@ def test_the_currency_is_constrained_to_the_documents_markers(datasets):
     assert list(schema["properties"])[:3] == ["issuer", "issuer_address", "invoice_number"]
 
 
+def test_the_total_is_one_of_the_printed_amounts_as_plain_decimals(datasets):
+    from agentkit import read_jsonl
+    from agentkit.data import parse_amount
+    from workflows.invoice import document_amounts, extraction_node
+
+    fixtures = {r["id"]: r for r in read_jsonl(datasets / "invoice2data" / "all.jsonl")}
+    assert "4904.94" in document_amounts(fixtures["coolblue2"]["input"])  # printed "€ 4.904,94"
+    assert "1939" in document_amounts(fixtures["oyo"]["input"])  # printed "Rs 1939", no decimals
+    schema = json.loads(extraction_node(examples=None).task.constraint_for(fixtures["coolblue2"]["input"]).spec)
+    assert "4904.94" in schema["properties"]["total"]["enum"]
+    # every labelled total is a candidate, but for one SROIE receipt whose gold total is empty
+    receipts = list(read_jsonl(datasets / "sroie2019" / "dev.jsonl"))
+    found = [parse_amount(r["expected"]["total"]) in map(parse_amount, document_amounts(r["input"])) for r in receipts]
+    assert sum(found) >= len(receipts) - 1
+
+
 def test_invoice_number_candidates_are_labelled_identifiers(datasets):
     from agentkit import read_jsonl
     from workflows.invoice import document_numbers

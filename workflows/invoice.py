@@ -15,9 +15,9 @@ model) for them: a subtotal or tax that is not printed, or a pair that does not 
 is set to null and the reason recorded (``Drop``; in the result's attempt details). The exception:
 when subtotal + tax is itself a printed amount, the total is the suspect and the check fails.
 
-Where the document prints currency markers, the currency is constrained to their codes (and the
-invoice number to the identifiers printed under a number label): a field the text decides is not
-left for the model to guess.
+Where the document prints currency markers, the currency is constrained to their codes, the total to
+the amounts printed (as plain decimals: ``€ 4.904,94`` → ``4904.94``) and the invoice number to the
+identifiers printed under a number label: a field the text decides is not left for the model to guess.
 
 The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
 the SROIE train split), so a vendor seen before is read the way it was labelled.
@@ -194,6 +194,20 @@ def document_numbers(text: str) -> list[str]:
     return list(dict.fromkeys(x for x in found if len(x) >= 4 and not re.fullmatch(r"(19|20)\d\d", x)))
 
 
+_MARKED_WHOLE = re.compile(
+    r"(?:[$€£₹¥]|(?<![A-Za-z])(?:RM|Rs\.?|EUR|USD|GBP|INR|MYR|SGD|CHF|PLN|JPY|CAD|AUD))\s?"
+    r"(\d{1,3}(?:[,.' ]\d{3})+|\d+)(?![\d]|[.,]\d)"
+)
+
+
+def document_amounts(text: str) -> list[str]:
+    """The amounts printed in ``text`` as plain decimals (``€ 4.904,94`` → ``4904.94``), and whole
+    amounts printed after a currency marker (``Rs 1939`` → ``1939``): the candidates for ``total``."""
+    found = [parse_amount(c) for c in candidates("amount", text)]
+    found += [parse_amount(m.group(1)) for m in _MARKED_WHOLE.finditer(text)]
+    return list(dict.fromkeys(f"{a:f}" for a in found if a is not None))
+
+
 def document_currencies(text: str) -> list[str]:
     """The ISO 4217 codes of the currency markers printed in ``text`` (none: the model decides)."""
     return sorted(currency_codes(text))
@@ -241,7 +255,7 @@ def extraction_node(
             k=k,
             validators=CHECKS,
             max_tokens=800 if line_items else 300,
-            verbatim={"invoice_number": document_numbers, "currency": document_currencies},
+            verbatim={"invoice_number": document_numbers, "currency": document_currencies, "total": document_amounts},
         ),
         tiers,
         Policy(threshold=threshold),
