@@ -72,6 +72,13 @@ def test_low_confidence_escalates_then_best_is_returned_when_nobody_is_sure():
     assert not failed.ok and "confidence 0.550" in failed.reason
 
 
+def test_a_low_confidence_extraction_names_its_doubtful_fields():
+    engine = FakeEngine(replies=['{"company": "ACME", "total": "12.50"}'], confidence=0.55)
+    result = Node(Extract(Receipt), [fake_tier("t", engine)], Policy(threshold=0.8)).run("ACME total 12.50")
+    assert result.attempts[0].outcome == "low_confidence"
+    assert result.attempts[0].reason == "confidence 0.550 < threshold 0.8 (company 0.55, total 0.55)"
+
+
 def test_confident_small_tier_does_not_escalate():
     small = FakeEngine(replies=["spam"], confidence=0.97)
     large = FakeEngine(replies=["ham"])
