@@ -79,6 +79,24 @@ def test_a_low_confidence_extraction_names_its_doubtful_fields():
     assert result.attempts[0].reason == "confidence 0.550 < threshold 0.8 (company 0.55, total 0.55)"
 
 
+def test_a_field_the_text_decides_does_not_lower_the_confidence():
+    """A required field with one candidate is the document's choice: its tokens' probabilities (how the
+    model would spell it, split over tokenizations) are not doubt. A fake engine sets them low."""
+
+    class DoubtfulTotal(FakeEngine):
+        def generate(self, messages, constraint, *, max_tokens, prefix=0):
+            gen = super().generate(messages, constraint, max_tokens=max_tokens, prefix=prefix)
+            words = gen.text.split(" ")
+            gen.token_probs = [0.1 if "12.50" in w else 0.9 for w in words]
+            return gen
+
+    reply = '{"company": "ACME", "total": "12.50"}'
+    decided = Extract(Receipt, verbatim={"total": lambda text: ["12.50"]})
+    free = Extract(Receipt, verbatim={"total": lambda text: ["12.50", "3.00"]})
+    assert Node(decided, [fake_tier("t", DoubtfulTotal(replies=[reply]))]).run("ACME 12.50").confidence == 0.9
+    assert Node(free, [fake_tier("t", DoubtfulTotal(replies=[reply]))]).run("ACME 12.50 3.00").confidence == 0.1
+
+
 def test_confident_small_tier_does_not_escalate():
     small = FakeEngine(replies=["spam"], confidence=0.97)
     large = FakeEngine(replies=["ham"])

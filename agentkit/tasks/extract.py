@@ -236,8 +236,11 @@ class Extract(Task):
         if model is not None:  # the constraint may have been dropped by the engine: check, never trust
             problems += self._off_candidates(model, choices)
         fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
-        gone = {f for d in dropped for f in d.fields}
-        kept = [c for name, c in fields.items() if name not in gone]  # a dropped field's doubt is settled
+        # a dropped field's doubt is settled, and so is a required field with one candidate: the text
+        # decided it, and its tokens' probabilities only say how the model would have spelled it
+        settled = {f for d in dropped for f in d.fields}
+        settled |= {f for f, allowed in choices.items() if len(allowed) == 1 and not self._nullable(f)}
+        kept = [c for name, c in fields.items() if name not in settled]
         conf = min(kept) if kept else (None if not engine.capabilities.token_probs else 0.0)
         details: dict[str, Any] = {"field_confidence": fields}
         if dropped:
