@@ -209,6 +209,21 @@ def test_inconsistent_optional_amounts_are_dropped_not_escalated(datasets):
     assert "the total may be wrong" in amounts_add_up(header, text + "\nSUBTOTAL 3.49\nGST 0.21\n")
 
 
+def test_a_buyer_that_is_the_issuer_or_not_printed_is_dropped(datasets):
+    from agentkit import Drop, read_jsonl
+    from schemas.invoice import InvoiceHeader
+    from workflows.invoice import buyer_is_another_party
+
+    record = next(r for r in read_jsonl(datasets / "sroie2019" / "dev.jsonl") if r["id"] == "280")
+    text, company = record["input"], record["expected"]["company"]
+    header = InvoiceHeader(issuer=company, issue_date="2017-04-22", currency="MYR", total="22.25")
+    assert buyer_is_another_party(header, text) is None  # no buyer: nothing to check
+    as_issuer = buyer_is_another_party(header.model_copy(update={"buyer": company.lower()}), text)
+    assert isinstance(as_issuer, Drop) and as_issuer.fields == ("buyer",) and "is the issuer" in as_issuer.reason
+    invented = buyer_is_another_party(header.model_copy(update={"buyer": "Globex Corporation"}), text)
+    assert isinstance(invented, Drop) and "not printed" in invented.reason
+
+
 def test_a_required_field_cannot_be_dropped():
     from agentkit import Drop, Extract
     from schemas.invoice import InvoiceHeader

@@ -10,9 +10,10 @@ re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 - the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …);
 - with ``line_items=True``, the lines add up to the subtotal or total.
 
-The optional amounts are checked too, but an invoice is not failed (nor re-asked of a bigger
-model) for them: a subtotal or tax that is not printed, or a pair that does not add up to the total,
-is set to null and the reason recorded (``Drop``; in the result's attempt details). The exception:
+The optional fields are checked too, but an invoice is not failed (nor re-asked of a bigger
+model) for them: a subtotal or tax that is not printed, a pair that does not add up to the total, or
+a buyer that is not printed or is the issuer, is set to null and the reason recorded (``Drop``; in
+the result's attempt details; a dropped field's confidence no longer counts). The exception:
 when subtotal + tax is itself a printed amount, the total is the suspect and the check fails.
 
 Where the document prints currency markers, the currency is constrained to their codes, the total to
@@ -62,6 +63,9 @@ class InvoiceState(TypedDict, total=False):
 
 
 # ---- business checks (validators: value, source text -> problem or None) ------------------
+
+
+_NOT_WORD = re.compile(r"[\W_]+")
 
 
 def _amounts(text: str) -> set[Decimal]:
@@ -150,6 +154,18 @@ def issuer_printed(value: InvoiceHeader, text: str) -> str | None:
     return None
 
 
+def buyer_is_another_party(value: InvoiceHeader, text: str) -> Drop | None:
+    """A buyer that is not printed, or is the issuer itself, is dropped (receipts name no customer, and
+    the model then repeats the vendor or an item line)."""
+    if value.buyer is None:
+        return None
+    if not occurs_in(value.buyer, text):
+        return Drop(("buyer",), f"buyer {value.buyer!r} is not printed in the document")
+    if _NOT_WORD.sub("", value.buyer.casefold()) == _NOT_WORD.sub("", value.issuer.casefold()):
+        return Drop(("buyer",), f"buyer {value.buyer!r} is the issuer")
+    return None
+
+
 def currency_printed(value: InvoiceHeader, text: str) -> str | None:
     codes = currency_codes(text)
     if codes and value.currency not in codes:
@@ -158,7 +174,7 @@ def currency_printed(value: InvoiceHeader, text: str) -> str | None:
 
 
 CHECKS = (issuer_printed, total_printed, optional_amounts_printed, date_printed, amounts_add_up, line_items_add_up,
-          currency_printed)  # fmt: skip
+          buyer_is_another_party, currency_printed)  # fmt: skip
 
 
 # ---- the invoice number: picked among labelled identifiers ---------------------------------
