@@ -217,10 +217,15 @@ _DATE_TOKEN = re.compile(
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
+def word_key(text: str) -> str:
+    """``text`` case-folded, letters and digits only: "B & BEST" and "b&best" have the same key."""
+    return _NOT_WORD.sub("", text.casefold())
+
+
 def occurs_in(value: str, text: str, *, min_ratio: float = 0.9) -> bool:
     """Whether ``value`` occurs in ``text`` up to case, spacing, punctuation and OCR noise: at least
     ``min_ratio`` of its letters and digits match, in order, a stretch of the text's."""
-    a, b = _NOT_WORD.sub("", value.casefold()), _NOT_WORD.sub("", text.casefold())
+    a, b = word_key(value), word_key(text)
     if not a:
         return False
     if a in b:

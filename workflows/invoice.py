@@ -30,13 +30,14 @@ import re
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
 from agentkit import Cleanse, Drop, Extract, Node, Policy, Tier, read_jsonl
-from agentkit.data import candidates, occurs_in, parse_amount, parse_date
+from agentkit.data import candidates, occurs_in, parse_amount, parse_date, word_key
 from agentkit.documents import document_text
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import currency_codes
@@ -65,11 +66,10 @@ class InvoiceState(TypedDict, total=False):
 # ---- business checks (validators: value, source text -> problem or None) ------------------
 
 
-_NOT_WORD = re.compile(r"[\W_]+")
-
-
-def _amounts(text: str) -> set[Decimal]:
-    return {a for a in (parse_amount(c) for c in candidates("amount", text)) if a is not None}
+@lru_cache(maxsize=2)
+def _amounts(text: str) -> frozenset[Decimal]:
+    """The amounts printed in ``text`` (cached for the one text that every check of an answer reads)."""
+    return frozenset(a for a in (parse_amount(c) for c in candidates("amount", text)) if a is not None)
 
 
 def _whole_amount_printed(amount: Decimal, text: str) -> bool:
@@ -92,7 +92,7 @@ def printed_dates(text: str) -> set[date]:
     return found
 
 
-def _printed(amount: Decimal, printed: set[Decimal], text: str) -> bool:
+def _printed(amount: Decimal, printed: frozenset[Decimal], text: str) -> bool:
     return amount in printed or _whole_amount_printed(amount, text)
 
 
@@ -161,7 +161,7 @@ def buyer_is_another_party(value: InvoiceHeader, text: str) -> Drop | None:
         return None
     if not occurs_in(value.buyer, text):
         return Drop(("buyer",), f"buyer {value.buyer!r} is not printed in the document")
-    if _NOT_WORD.sub("", value.buyer.casefold()) == _NOT_WORD.sub("", value.issuer.casefold()):
+    if word_key(value.buyer) == word_key(value.issuer):
         return Drop(("buyer",), f"buyer {value.buyer!r} is the issuer")
     return None
 
