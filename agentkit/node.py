@@ -213,7 +213,8 @@ class Node:
             attempt.outcome = "low_confidence"
             attempt.reason = f"confidence {answer.confidence:.3f} < threshold {self.policy.threshold}"
             fields = answer.details.get("field_confidence") or {}  # an extraction: say which fields
-            weak = sorted((c, f) for f, c in fields.items() if c < self.policy.threshold)
+            counted = {f: c for f, c in fields.items() if f not in answer.details.get("settled_fields", ())}
+            weak = sorted((c, f) for f, c in counted.items() if c < self.policy.threshold)
             if weak:
                 attempt.reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"
         return attempt

@@ -95,6 +95,8 @@ def test_a_field_the_text_decides_does_not_lower_the_confidence():
     free = Extract(Receipt, verbatim={"total": lambda text: ["12.50", "3.00"]})
     assert Node(decided, [fake_tier("t", DoubtfulTotal(replies=[reply]))]).run("ACME 12.50").confidence == 0.9
     assert Node(free, [fake_tier("t", DoubtfulTotal(replies=[reply]))]).run("ACME 12.50 3.00").confidence == 0.1
+    strict = Node(decided, [fake_tier("t", DoubtfulTotal(replies=[reply]))], Policy(threshold=0.95))
+    assert strict.run("ACME 12.50").attempts[0].reason == "confidence 0.900 < threshold 0.95 (company 0.90)"
 
 
 def test_confident_small_tier_does_not_escalate():

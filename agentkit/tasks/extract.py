@@ -28,6 +28,11 @@ class Drop:
     reason: str
 
 
+def _dropped_details(dropped: Sequence[Drop]) -> dict[str, Any]:
+    """The answer details that record the dropped fields (none: nothing)."""
+    return {"dropped": [{"fields": list(d.fields), "reason": d.reason} for d in dropped]} if dropped else {}
+
+
 Validator = Callable[[Any, str], "str | Drop | None"]
 """``(value, source_text) -> problem, Drop or None``: a node-level rule, e.g. the total occurs in
 the text. Validators run in order; one that returns :class:`Drop` changes what the next ones see."""
@@ -242,9 +247,9 @@ class Extract(Task):
         settled |= {f for f, allowed in choices.items() if len(allowed) == 1 and not self._nullable(f)}
         kept = [c for name, c in fields.items() if name not in settled]
         conf = min(kept) if kept else (None if not engine.capabilities.token_probs else 0.0)
-        details: dict[str, Any] = {"field_confidence": fields}
-        if dropped:
-            details["dropped"] = [{"fields": list(d.fields), "reason": d.reason} for d in dropped]
+        details: dict[str, Any] = {"field_confidence": fields, **_dropped_details(dropped)}
+        if settled & fields.keys():
+            details["settled_fields"] = sorted(settled & fields.keys())  # not counted in the confidence
         return Answer(
             value=model.model_dump(mode="json") if model is not None else None,
             raw=gen.text,
@@ -263,8 +268,7 @@ class Extract(Task):
         if model is not None:
             model, _, dropped = self.check(model, text)  # the re-ask loop saw problems only; apply the drops
             problems += self._off_candidates(model, choices)
-            if dropped:
-                details["dropped"] = [{"fields": list(d.fields), "reason": d.reason} for d in dropped]
+            details = _dropped_details(dropped)
         value = model.model_dump(mode="json") if model is not None else None
         raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
         return Answer(value, raw, None, "validated", usage, problems, details)
