@@ -87,27 +87,32 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 _MONTHS = {
     m: i
     for i, names in enumerate(
-        [
-            ("jan", "january"),
-            ("feb", "february"),
-            ("mar", "march"),
-            ("apr", "april"),
-            ("may",),
-            ("jun", "june"),
-            ("jul", "july"),
-            ("aug", "august"),
-            ("sep", "sept", "september"),
-            ("oct", "october"),
-            ("nov", "november"),
-            ("dec", "december"),
+        [  # English, then German, Dutch, French, Spanish, Italian, Portuguese and Polish names
+            ("jan", "january", "januar", "jän", "jänner", "januari", "janv", "janvier", "ene", "enero", "gen",
+             "gennaio", "janeiro", "sty", "styczeń", "stycznia"),
+            ("feb", "february", "februar", "februari", "fév", "févr", "février", "fev", "fevr", "fevrier", "febrero",
+             "febbraio", "fevereiro", "lut", "luty", "lutego"),
+            ("mar", "march", "mär", "märz", "maart", "mrt", "mars", "marzo", "março", "marzec", "marca"),
+            ("apr", "april", "avr", "avril", "abr", "abril", "aprile", "kwi", "kwiecień", "kwietnia"),
+            ("may", "mai", "mei", "mayo", "mag", "maggio", "maio", "maj", "maja"),
+            ("jun", "june", "juni", "juin", "junio", "giu", "giugno", "junho", "cze", "czerwiec", "czerwca"),
+            ("jul", "july", "juli", "juil", "juillet", "julio", "lug", "luglio", "julho", "lip", "lipiec", "lipca"),
+            ("aug", "august", "augustus", "aoû", "août", "aout", "ago", "agosto", "sie", "sierpień", "sierpnia"),
+            ("sep", "sept", "september", "septembre", "septiembre", "set", "settembre", "setembro", "wrz",
+             "wrzesień", "września"),
+            ("oct", "october", "okt", "oktober", "octobre", "octubre", "ott", "ottobre", "out", "outubro", "paź",
+             "październik", "października"),
+            ("nov", "november", "novembre", "noviembre", "novembro", "lis", "listopad", "listopada"),
+            ("dec", "december", "dez", "dezember", "déc", "décembre", "dic", "diciembre", "dicembre", "dezembro",
+             "gru", "grudzień", "grudnia"),
         ],
         1,
     )
     for m in names
-}
+}  # fmt: skip
 _NUMERIC_DATE = re.compile(r"(\d{1,4})\s*[/.\-]\s*(\d{1,2})\s*[/.\-]\s*(\d{2,4})")
-_NAMED_DATE = re.compile(r"(\d{1,2})(?:st|nd|rd|th)?[\s\-/.,]*([a-z]{3,9})\.?[\s\-/.,]*(\d{2,4})", re.I)
-_NAMED_DATE_US = re.compile(r"([a-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})", re.I)
+_NAMED_DATE = re.compile(r"(\d{1,2})(?:st|nd|rd|th)?[\s\-/.,]*([^\W\d_]{3,12})\.?[\s\-/.,]*(\d{2,4})")
+_NAMED_DATE_US = re.compile(r"([^\W\d_]{3,12})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})")
 
 
 def _year(y: str) -> int:
@@ -138,6 +143,11 @@ def parse_date(text: str) -> date | None:
     if m and m.group(1).lower() in _MONTHS:
         return _safe_date(int(m.group(3)), _MONTHS[m.group(1).lower()], int(m.group(2)))
     return None
+
+
+def month_number(name: str) -> int | None:
+    """1–12 for an English month name or its three-letter abbreviation (``"Mar"``), else None."""
+    return _MONTHS.get(name.strip(". ").lower())
 
 
 _AMOUNT = re.compile(r"-?\d[\d,.\s]*")
@@ -209,8 +219,8 @@ def _amount_tokens(text: str) -> Iterator[str]:
 
 _DATE_TOKEN = re.compile(
     r"\b\d{1,4}\s?[/.\-]\s?\d{1,2}\s?[/.\-]\s?\d{2,4}\b"
-    r"|\b\d{1,2}(?:st|nd|rd|th)?[\s\-/.]*[A-Za-z]{3,9}\.?[\s\-/.,]*\d{2,4}\b"
-    r"|\b[A-Za-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}\b"
+    r"|\b\d{1,2}(?:st|nd|rd|th)?[\s\-/.]*[^\W\d_]{3,12}\.?[\s\-/.,]*\d{2,4}\b"
+    r"|\b[^\W\d_]{3,12}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4}\b"
 )
 
 
@@ -239,13 +249,22 @@ def occurs_in(value: str, text: str, *, min_ratio: float = 0.9) -> bool:
     return matched >= min_ratio * len(a)
 
 
+def _overlapping(pattern: re.Pattern[str], text: str) -> Iterator[str]:
+    """Every match of ``pattern``, also those starting inside an earlier one: in ``REG #19- 18/01/2018``
+    the first match, ``19- 18/01``, is no date, and the date starts inside it."""
+    pos = 0
+    while m := pattern.search(text, pos):
+        yield m.group(0).strip()
+        pos = m.start() + 1
+
+
 def candidates(kind: str, text: str) -> list[str]:
     """Strings in ``text`` that could be a value of ``kind`` (``amount`` or ``date``), as printed,
     in order of first appearance, without duplicates."""
     if kind == "amount":
         found = list(_amount_tokens(text))
     elif kind == "date":
-        found = [m.group(0).strip() for m in _DATE_TOKEN.finditer(text) if parse_date(m.group(0))]
+        found = [token for token in _overlapping(_DATE_TOKEN, text) if parse_date(token)]
     else:
         raise ValueError(f"no candidate finder for {kind!r}")
     return list(dict.fromkeys(found))

@@ -6,7 +6,8 @@ re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 
 - the issuer is printed in the document (up to OCR noise);
 - the total is an amount printed in the document;
-- the issue date is a date printed in the document (day-first or month-first);
+- the issue date is a date printed in the document, read the way the document writes dates (day
+  first, unless a printed date can only be read month first or the amounts are in US dollars);
 - the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …);
 - with ``line_items=True``, the lines add up to the subtotal or total.
 
@@ -17,8 +18,9 @@ the result's attempt details; a dropped field's confidence no longer counts). Th
 when subtotal + tax is itself a printed amount, the total is the suspect and the check fails.
 
 Where the document prints currency markers, the currency is constrained to their codes, the total to
-the amounts printed (as plain decimals: ``€ 4.904,94`` → ``4904.94``) and the invoice number to the
-identifiers printed under a number label: a field the text decides is not left for the model to guess.
+the amounts printed (as plain decimals: ``€ 4.904,94`` → ``4904.94``), the issue date to the dates
+printed (as ISO 8601: ``7. Mai 2014`` → ``2014-05-07``) and the invoice number to the identifiers
+printed under a number label: a field the text decides is not left for the model to guess.
 
 The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
 the SROIE train split), so a vendor seen before is read the way it was labelled.
@@ -37,7 +39,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from agentkit import Cleanse, Drop, Extract, Node, Policy, Tier, read_jsonl
-from agentkit.data import candidates, occurs_in, parse_amount, parse_date, word_key
+from agentkit.data import candidates, month_number, occurs_in, parse_amount, parse_date, word_key
 from agentkit.documents import document_text
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import currency_codes
@@ -80,16 +82,40 @@ def _whole_amount_printed(amount: Decimal, text: str) -> bool:
     return re.search(rf"(?<![\d.,]){digits}(?![\d]|[.,]\d)", text) is not None
 
 
-def printed_dates(text: str) -> set[date]:
-    """Dates printed in ``text``, both readings of an ambiguous numeric date (03/08 vs 08/03)."""
+_DAY_MONTH = re.compile(r"(\d{1,2})\s?[/.\-]\s?(\d{1,2})\s?[/.\-]\s?\d{2,4}")
+
+
+def printed_dates(text: str, *, month_first: bool | None = None) -> set[date]:
+    """Dates printed in ``text``. An ambiguous numeric date (03/08) is read day first, month first when
+    ``month_first``, or both ways when ``month_first`` is None."""
     found: set[date] = set()
     for c in candidates("date", re.sub(r"\s+,", ",", text)):
-        d = parse_date(c)
-        if d:
-            found.add(d)
-            if d.day <= 12:  # then the swapped reading is a valid date too
+        d = parse_date(c)  # day first where both readings are valid
+        if not d:
+            continue
+        m = _DAY_MONTH.fullmatch(c)
+        if m and int(m.group(1)) <= 12 and int(m.group(2)) <= 12:
+            if month_first is not True:
+                found.add(d)
+            if month_first is not False:
                 found.add(d.replace(day=d.month, month=d.day))
+        else:
+            found.add(d)
     return found
+
+
+def writes_month_first(text: str, currency: str | None = None) -> bool | None:
+    """How ``text`` writes numeric dates: month first (True) when a printed date can only be read so
+    (``03/25/2018``), day first (False) when one can only be read day first, or, with no such date,
+    day first unless the amounts are in US dollars (then None: either)."""
+    firsts = {int(m.group(1)) > 12 for c in candidates("date", text) if (m := _DAY_MONTH.fullmatch(c))}
+    seconds = {int(m.group(2)) > 12 for c in candidates("date", text) if (m := _DAY_MONTH.fullmatch(c))}
+    day_first, month_first = True in firsts, True in seconds
+    if day_first != month_first:
+        return month_first
+    if day_first:  # both kinds printed: the text does not say
+        return None
+    return None if currency == "USD" else False
 
 
 def _printed(amount: Decimal, printed: frozenset[Decimal], text: str) -> bool:
@@ -117,12 +143,19 @@ def optional_amounts_printed(value: InvoiceHeader, text: str) -> Drop | None:
 
 def date_printed(value: InvoiceHeader, text: str) -> str | None:
     day = value.issue_date
+    month_first = writes_month_first(text, value.currency)
+    if day in printed_dates(text, month_first=month_first):
+        return None
     if day in printed_dates(text):
-        return None
-    # dates in words of other languages ("7. Mai 2014", "19 april 2014") do not parse: then the day
-    # and the four-digit year must at least be printed
-    if re.search(rf"(?<!\d){day.year}(?!\d)", text) and re.search(rf"(?<!\d)0?{day.day}(?!\d)", text):
-        return None
+        way = "month first" if month_first else "day first"
+        return f"issue date {day} misreads a printed date: this document writes dates {way}"
+    # dates in words of other languages ("7. Mai 2014", "Mai 7, 2014") do not parse: then the day, a
+    # word that is not another month's English name, and the four-digit year must be printed together
+    # (not a "20" anywhere and a "2018" elsewhere)
+    d, y = rf"(?<!\d)0?{day.day}(?:st|nd|rd|th)?\.?", rf"{day.year}(?!\d)"
+    for m in re.finditer(rf"{d}\s*([^\W\d_]{{3,}})\.?,?\s*{y}|([^\W\d_]{{3,}})\.?\s*{d},?\s*{y}", text):
+        if month_number(m.group(1) or m.group(2)) in (None, day.month):
+            return None
     return f"issue date {day} is not a date printed in the document"
 
 
@@ -224,6 +257,15 @@ def document_amounts(text: str) -> list[str]:
     return list(dict.fromkeys(f"{a:f}" for a in found if a is not None))
 
 
+def document_dates(text: str) -> list[str]:
+    """The dates printed in ``text`` as ISO 8601, an ambiguous numeric date (03/08/2018) read the way
+    the document writes dates (:func:`writes_month_first`; both ways when it cannot tell): the
+    candidates for ``issue_date``."""
+    codes = currency_codes(text)
+    month_first = writes_month_first(text, "USD" if codes == {"USD"} else None)
+    return sorted(d.isoformat() for d in printed_dates(text, month_first=month_first))
+
+
 def document_currencies(text: str) -> list[str]:
     """The ISO 4217 codes of the currency markers printed in ``text`` (none: the model decides)."""
     return sorted(currency_codes(text))
@@ -271,7 +313,12 @@ def extraction_node(
             k=k,
             validators=CHECKS,
             max_tokens=800 if line_items else 300,
-            verbatim={"invoice_number": document_numbers, "currency": document_currencies, "total": document_amounts},
+            verbatim={
+                "invoice_number": document_numbers,
+                "issue_date": document_dates,
+                "currency": document_currencies,
+                "total": document_amounts,
+            },
         ),
         tiers,
         Policy(threshold=threshold),
