@@ -165,6 +165,35 @@ def test_the_total_is_one_of_the_printed_amounts_as_plain_decimals(datasets):
     assert sum(found) >= len(receipts) - 1
 
 
+def test_the_issue_date_is_one_of_the_printed_dates_read_the_documents_way(datasets):
+    from agentkit import read_jsonl
+    from agentkit.data import parse_date
+    from schemas.invoice import InvoiceHeader
+    from workflows.invoice import date_printed, document_dates, extraction_node, writes_month_first
+
+    assert writes_month_first("Date 23/03/2018  Due 07/04/2018") is False  # 23 can only be a day
+    assert writes_month_first("Date 03/23/2018  Due 04/07/2018") is True
+    assert writes_month_first("Date 07/04/2018") is False  # cannot tell: day first, the common way
+    assert writes_month_first("Date 07/04/2018", "USD") is None  # US dollars: either
+    assert document_dates("Date 07/01/18 Time 10:04") == ["2018-01-07"]
+    assert document_dates("Date: 7. Mai 2014") == ["2014-05-07"]
+    receipt = "TAN WOON YANN\nINVOICE 1234\nDATE 12/01/2018\nQTY 20 TOTAL 20.00"
+    misread = InvoiceHeader(issuer="TAN WOON YANN", issue_date="2018-12-01", currency="MYR", total="20.00")
+    assert "misreads a printed date" in date_printed(misread, receipt)
+    unprinted = misread.model_copy(update={"issue_date": parse_date("20/01/2018")})
+    assert "not a date printed" in date_printed(unprinted, receipt)  # a "20" and a "2018" elsewhere are not a date
+    fixtures = {r["id"]: r for r in read_jsonl(datasets / "invoice2data" / "all.jsonl")}
+    schema = json.loads(extraction_node(examples=None).task.constraint_for(fixtures["QualityHosting"]["input"]).spec)
+    assert "2014-05-07" in schema["properties"]["issue_date"]["enum"]  # printed "7. Mai 2014"
+    # every labelled date, SROIE and invoice2data, is a candidate (409 documents)
+    docs = [
+        (r["input"], parse_date(r["expected"]["date"] or "")) for r in read_jsonl(datasets / "sroie2019" / "dev.jsonl")
+    ]
+    docs += [(r["input"], parse_date(str(r["expected"]["date"]))) for r in fixtures.values()]
+    missed = [text[:40] for text, day in docs if day and day.isoformat() not in document_dates(text)]
+    assert missed == []
+
+
 def test_invoice_number_candidates_are_labelled_identifiers(datasets):
     from agentkit import read_jsonl
     from workflows.invoice import document_numbers
