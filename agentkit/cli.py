@@ -206,6 +206,9 @@ def _app():  # type: ignore[no-untyped-def]
         batch: Annotated[int, typer.Option("--batch")] = 8,
         lr: Annotated[float, typer.Option("--lr")] = 2e-4,
         max_len: Annotated[int, typer.Option("--max-len", help="prompt + reply tokens per example")] = 256,
+        layers: Annotated[
+            int | None, typer.Option("--layers", help="adapt only the last N decoder layers (default: all)")
+        ] = None,
         limit: Annotated[int | None, typer.Option("--limit", help="at most this many training examples")] = None,
         seed: Annotated[int, typer.Option("--seed", help="split seed (the evaluation side is never trained on)")] = 0,
         write_config: Annotated[
@@ -245,7 +248,7 @@ def _app():  # type: ignore[no-untyped-def]
                 found.examples = found.examples[:limit]
             err.print(f"training examples: {len(found.examples)}  {found.counts}")
             settings = tuning.TuneConfig(steps=steps, rank=rank, alpha=2 * rank, batch=batch, lr=lr, max_len=max_len,
-                                         seed=seed, minutes=minutes or None)  # fmt: skip
+                                         seed=seed, minutes=minutes or None, layers=layers)  # fmt: skip
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, transient=True) as progress:
                 bar = progress.add_task(f"tuning {node.name} (loading {base.name})", total=steps)

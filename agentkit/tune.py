@@ -150,6 +150,9 @@ class TuneConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    layers: int | None = None
+    """Adapt only the last ``layers`` decoder layers (None: all). The layers below then need no
+    backward pass, so a step costs less (``bench/tune_step.py --layers``)."""
     steps: int = 120
     batch: int = 8
     lr: float = 2e-4
@@ -238,7 +241,7 @@ def train(
     rows, too_long = _encode(tok, data.examples, config.max_len)
     if not rows:
         raise ConfigError(f"every example is longer than max_len={config.max_len} tokens")
-    lora = lora_config(peft, config)
+    lora = lora_config(peft, config, model.config.num_hidden_layers)
     fingerprint = {"data": data.digest(), "config": _resumable(asdict(config)), "base": base.name}
     ckpt = out / "checkpoint"
     state = _load_checkpoint(ckpt, fingerprint, torch)
@@ -331,13 +334,19 @@ def train(
     return report
 
 
-def lora_config(peft: Any, config: TuneConfig) -> Any:
-    """The peft ``LoraConfig`` that ``config`` trains."""
+def lora_config(peft: Any, config: TuneConfig, n_layers: int | None = None) -> Any:
+    """The peft ``LoraConfig`` that ``config`` trains on a model of ``n_layers`` decoder layers."""
+    last = None
+    if config.layers is not None:
+        if not n_layers or not 0 < config.layers <= n_layers:
+            raise ConfigError(f"layers={config.layers}: the model has {n_layers} decoder layers")
+        last = list(range(n_layers - config.layers, n_layers))
     return peft.LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=list(config.target_modules),
+        layers_to_transform=last,
         task_type="CAUSAL_LM",
     )
 

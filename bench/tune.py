@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
     p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     args = p.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
         pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
         data = training_set(task.variant(**tuned_settings), records=pool, seed=args.seed)
         config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
-                            minutes=args.minutes)  # fmt: skip
+                            minutes=args.minutes, layers=args.layers)  # fmt: skip
         report = train(
             data, base_model(stock.tiers[0].spec), out, config,
             on_step=lambda s, n, loss: print(f"\rstep {s}/{n} loss {loss:.3f}", end="", flush=True),

@@ -1,10 +1,11 @@
-"""LoRA step time: the output layer on every position vs on the reply positions only (``reply_loss``).
+"""LoRA step time: the output layer on every position vs on the reply positions only (``reply_loss``),
+and (``--layers N``) an adapter on the last N decoder layers only.
 
-    python bench/tune_step.py --data ../shared/datasets/banking77/train.jsonl --limit 48 --batch 8
+    python bench/tune_step.py --data ../shared/datasets/banking77/train.jsonl --limit 48 --batch 8 --layers 8
 
 The same batches of real training examples (the node's prompt format, train side of the split), the
-same model and adapter, alternating the two loss computations step by step; prints seconds per step,
-the ratio, both losses (they must agree) and peak memory, then one JSON line.
+same model, alternating the computations step by step; prints seconds per step, the ratios, the
+losses (the first two must agree) and peak memory, then one JSON line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     p.set_defaults(limit=48)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--layers", type=int, default=0, help="also time an adapter on the last N layers only")
     args = p.parse_args()
 
     import peft
@@ -54,23 +56,42 @@ def main() -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     # what `train` trains, without dropout so that the two loss computations see the same network
     config = TuneConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0)
+    n_layers = model.config.num_hidden_layers
     model = peft.get_peft_model(model, lora_config(peft, config))
+    if args.layers:
+        top = TuneConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0, layers=args.layers)
+        model.add_adapter("top", lora_config(peft, top, n_layers))
     model.train()
+
+    def use(adapter: str) -> None:  # only this adapter's weights train
+        model.set_adapter(adapter)
+        for name, param in model.named_parameters():
+            param.requires_grad = "lora_" in name and f".{adapter}." in name
+
     rows, _ = _encode(tok, data.examples, config.max_len)
     pad = pad_id(tok)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
 
     def full(ids, lab, mask):
+        use("default")
         return model(input_ids=ids, attention_mask=mask, labels=lab).loss
 
     def reply(ids, lab, mask):
+        use("default")
         return reply_loss(model, ids, lab, mask)
 
-    times: dict[str, list[float]] = {"full logits": [], "reply positions": []}
+    def reply_top(ids, lab, mask):
+        use("top")
+        return reply_loss(model, ids, lab, mask)
+
+    ways = [("full logits", full), ("reply positions", reply)]
+    if args.layers:
+        ways.append((f"reply positions, last {args.layers} of {n_layers} layers", reply_top))
+    times: dict[str, list[float]] = {k: [] for k, _ in ways}
     losses: dict[str, list[float]] = {k: [] for k in times}
     for batch in batches:
         ids, lab, mask = _pad(batch, pad, torch)
-        for name, fn in (("full logits", full), ("reply positions", reply)):
+        for name, fn in ways:
             t0 = time.perf_counter()
             loss = fn(ids, lab, mask)
             loss.backward()
@@ -81,13 +102,20 @@ def main() -> None:
     rows_out = [[k, f"{statistics.median(v):.2f}", f"{statistics.mean(losses[k]):.4f}"] for k, v in times.items()]
     print(f"{len(batches)} steps of {args.batch} examples each way, ~{tokens:.0f} padded tokens per step")
     print_table(rows_out, ["loss computed on", "s/step (median)", "mean loss"])
-    full_s, reply_s = (statistics.median(v) for v in times.values())
-    print(f"speed-up {full_s / reply_s:.2f}×; peak RSS {_peak_rss_gb():.2f} GB")
+    medians = [statistics.median(v) for v in times.values()]
+    full_s, reply_s = medians[:2]
+    top_s = medians[2] if args.layers else None
+    print(f"reply positions vs full logits {full_s / reply_s:.2f}×"
+          + (f"; last {args.layers} layers vs all {reply_s / top_s:.2f}×" if top_s else "")
+          + f"; peak RSS {_peak_rss_gb():.2f} GB")  # fmt: skip
+    full_l, reply_l = list(losses.values())[:2]
     emit({
         "bench": "tune_step", "data": str(args.data), "steps": len(batches), "batch": args.batch,
         "full_s_per_step": round(full_s, 3), "reply_s_per_step": round(reply_s, 3),
-        "speedup": round(full_s / reply_s, 3),
-        "max_loss_diff": round(max(abs(a - b) for a, b in zip(*losses.values(), strict=True)), 6),
+        "speedup": round(full_s / reply_s, 3), "layers": args.layers or None,
+        "top_layers_s_per_step": round(top_s, 3) if top_s else None,
+        "top_layers_speedup": round(reply_s / top_s, 3) if top_s else None,
+        "max_loss_diff": round(max(abs(a - b) for a, b in zip(full_l, reply_l, strict=True)), 6),
         "peak_rss_gb": round(_peak_rss_gb(), 2),
     })  # fmt: skip
 

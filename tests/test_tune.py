@@ -184,10 +184,26 @@ def test_the_time_budget_stops_training_and_keeps_the_adapter(node, sms, tmp_pat
     from agentkit.tune import TuneConfig, base_model, train, training_set
 
     data = training_set(node.task, records=sms["train"][:8])
-    config = TuneConfig(steps=50, batch=2, rank=2, max_len=192, minutes=0.0001)  # 6 ms: one step, then stop
+    config = TuneConfig(steps=50, batch=2, rank=2, max_len=192, minutes=0.0001, layers=2)  # 6 ms: one step
     report = train(data, base_model(STOCK), tmp_path, config, gguf=False)
     assert report.steps == 1 and len(report.losses) == 1
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["layers_to_transform"] == [22, 23]  # the last 2 of the 0.5B's 24 layers
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        names = weights.keys()
+    assert {name.split(".layers.")[1].split(".")[0] for name in names} == {"22", "23"}
+
+
+def test_adapting_more_layers_than_the_model_has_is_a_clear_error():
+    import peft
+
+    from agentkit.tune import TuneConfig, lora_config
+
+    assert lora_config(peft, TuneConfig(layers=4), 24).layers_to_transform == [20, 21, 22, 23]
+    with pytest.raises(ConfigError, match="24 decoder layers"):
+        lora_config(peft, TuneConfig(layers=30), 24)
 
 
 def test_tuning_without_the_extra_is_a_clear_error(monkeypatch):
