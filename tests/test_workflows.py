@@ -211,7 +211,7 @@ def test_invoice_number_candidates_are_labelled_identifiers(datasets):
 def test_inconsistent_optional_amounts_are_dropped_not_escalated(datasets):
     """The 0.5B's typical receipt fault (subtotal = tax = total) costs the optional pair, recorded, not a
     1.5B call. The replies come from fake tiers (named as such): a real model cannot be made to write it."""
-    from agentkit import Node, Policy, Tier, read_jsonl
+    from agentkit import Drop, Node, Policy, Tier, read_jsonl
     from agentkit.testing import FakeEngine
     from schemas.invoice import InvoiceHeader
     from workflows.invoice import amounts_add_up, extraction_node
@@ -236,6 +236,17 @@ def test_inconsistent_optional_amounts_are_dropped_not_escalated(datasets):
     # when subtotal + tax is itself printed, the total is the suspect: a failure, re-asked of the next tier
     header = InvoiceHeader.model_validate(right | {"total": "3.49", "subtotal": "3.49", "tax": "0.21"})
     assert "the total may be wrong" in amounts_add_up(header, text + "\nSUBTOTAL 3.49\nGST 0.21\n")
+    # a pair that is no pair is the model's misreading, not evidence against the total: dropped (on SROIE
+    # receipt 135 both tiers wrote "0.00 + 5.60" and the right total 99.00 ended as a failure record)
+    receipt = "TOTAL 99.00\nGST 5.60\nCASH 100.00\nCHANGE 1.00"
+    for subtotal, tax in (("0.00", "5.60"), ("5.60", "5.60")):
+        pair = InvoiceHeader.model_validate(right | {"total": "99.00", "subtotal": subtotal, "tax": tax})
+        assert isinstance(amounts_add_up(pair, receipt), Drop)
+    # cash rounding: 19.79 + 1.19 = 20.98 is printed, and so is the rounding to 21.00
+    rounded = InvoiceHeader.model_validate(right | {"total": "21.00", "subtotal": "19.79", "tax": "1.19"})
+    printed = "TOTAL INCL GST 20.98\nROUNDING ADJ 0.02\nTOTAL 21.00\nSUBTOTAL 19.79\nGST 1.19"
+    assert amounts_add_up(rounded, printed) is None
+    assert "the total may be wrong" in amounts_add_up(rounded, printed.replace("ROUNDING ADJ 0.02\n", ""))
 
 
 def test_a_buyer_that_is_the_issuer_or_not_printed_is_dropped(datasets):

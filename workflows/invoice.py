@@ -15,7 +15,8 @@ The optional fields are checked too, but an invoice is not failed (nor re-asked 
 model) for them: a subtotal or tax that is not printed, a pair that does not add up to the total, or
 a buyer that is not printed or is the issuer, is set to null and the reason recorded (``Drop``; in
 the result's attempt details; a dropped field's confidence no longer counts). The exception:
-when subtotal + tax is itself a printed amount, the total is the suspect and the check fails.
+when a plausible pair (0 < tax < subtotal) adds up to another printed amount, the total is the suspect
+and the check fails. Sums are to the cent, or to 5 cents when the document prints a rounding line.
 
 Where the document prints currency markers, the currency is constrained to their codes, the total to
 the amounts printed (as plain decimals: ``€ 4.904,94`` → ``4904.94``), the issue date to the dates
@@ -159,17 +160,25 @@ def date_printed(value: InvoiceHeader, text: str) -> str | None:
     return f"issue date {day} is not a date printed in the document"
 
 
+_ROUNDING = re.compile(r"round", re.I)
+
+
 def amounts_add_up(value: InvoiceHeader, text: str) -> str | Drop | None:
-    """subtotal + tax = total. When they do not, the optional pair is dropped, unless their sum is
-    itself printed: then the total is the suspect, and the invoice fails the check."""
-    cent = Decimal("0.01")
-    if value.subtotal is not None and value.tax is not None and abs(value.subtotal + value.tax - value.total) > cent:
-        problem = f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
-        added = value.subtotal + value.tax
-        if added != value.total and _printed(added, _amounts(text), text):
-            return f"{problem}, and {added} is printed: the total may be wrong"
-        return Drop(("subtotal", "tax"), problem)
-    return None
+    """subtotal + tax = total (to the cent, or to 5 cents when the document prints a rounding line:
+    cash rounding, ``19.79 + 1.19`` → ``21.00``). When they do not, the optional pair is dropped, unless
+    it is a plausible pair (0 < tax < subtotal) whose sum is itself printed: then the total is the
+    suspect, and the invoice fails the check. (``0.00 + 5.60``, ``6.00 + 6.00`` are the model's
+    misreadings, not evidence against the total.)"""
+    if value.subtotal is None or value.tax is None:
+        return None
+    added = value.subtotal + value.tax
+    slack = Decimal("0.05") if _ROUNDING.search(text) else Decimal("0.01")
+    if abs(added - value.total) <= slack:
+        return None
+    problem = f"subtotal {value.subtotal} + tax {value.tax} != total {value.total}"
+    if 0 < value.tax < value.subtotal and _printed(added, _amounts(text), text):
+        return f"{problem}, and {added} is printed: the total may be wrong"
+    return Drop(("subtotal", "tax"), problem)
 
 
 def line_items_add_up(value: InvoiceHeader, text: str) -> str | None:
