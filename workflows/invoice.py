@@ -160,7 +160,7 @@ def date_printed(value: InvoiceHeader, text: str) -> str | None:
     return f"issue date {day} is not a date printed in the document"
 
 
-_ROUNDING = re.compile(r"round", re.I)
+_ROUNDING = re.compile(r"\bround", re.I)  # "ROUNDING ADJ", "Round off"; not "ground"
 
 
 def amounts_add_up(value: InvoiceHeader, text: str) -> str | Drop | None:
