@@ -146,7 +146,8 @@ def parse_date(text: str) -> date | None:
 
 
 def month_number(name: str) -> int | None:
-    """1–12 for an English month name or its three-letter abbreviation (``"Mar"``), else None."""
+    """1–12 for a month name or abbreviation in English, German, Dutch, French, Spanish, Italian,
+    Portuguese or Polish (``"Mar"``, ``"Mai"``, ``"grudnia"``), else None."""
     return _MONTHS.get(name.strip(". ").lower())
 
 

@@ -86,11 +86,17 @@ def _whole_amount_printed(amount: Decimal, text: str) -> bool:
 _DAY_MONTH = re.compile(r"(\d{1,2})\s?[/.\-]\s?(\d{1,2})\s?[/.\-]\s?\d{2,4}")
 
 
+@lru_cache(maxsize=2)
+def _date_tokens(text: str) -> tuple[str, ...]:
+    """The dates printed in ``text``, as printed (cached: the date check reads them up to four times)."""
+    return tuple(candidates("date", re.sub(r"\s+,", ",", text)))
+
+
 def printed_dates(text: str, *, month_first: bool | None = None) -> set[date]:
     """Dates printed in ``text``. An ambiguous numeric date (03/08) is read day first, month first when
     ``month_first``, or both ways when ``month_first`` is None."""
     found: set[date] = set()
-    for c in candidates("date", re.sub(r"\s+,", ",", text)):
+    for c in _date_tokens(text):
         d = parse_date(c)  # day first where both readings are valid
         if not d:
             continue
@@ -109,9 +115,8 @@ def writes_month_first(text: str, currency: str | None = None) -> bool | None:
     """How ``text`` writes numeric dates: month first (True) when a printed date can only be read so
     (``03/25/2018``), day first (False) when one can only be read day first, or, with no such date,
     day first unless the amounts are in US dollars (then None: either)."""
-    firsts = {int(m.group(1)) > 12 for c in candidates("date", text) if (m := _DAY_MONTH.fullmatch(c))}
-    seconds = {int(m.group(2)) > 12 for c in candidates("date", text) if (m := _DAY_MONTH.fullmatch(c))}
-    day_first, month_first = True in firsts, True in seconds
+    pairs = [(int(m.group(1)), int(m.group(2))) for c in _date_tokens(text) if (m := _DAY_MONTH.fullmatch(c))]
+    day_first, month_first = any(a > 12 for a, _ in pairs), any(b > 12 for _, b in pairs)
     if day_first != month_first:
         return month_first
     if day_first:  # both kinds printed: the text does not say
@@ -150,9 +155,9 @@ def date_printed(value: InvoiceHeader, text: str) -> str | None:
     if day in printed_dates(text):
         way = "month first" if month_first else "day first"
         return f"issue date {day} misreads a printed date: this document writes dates {way}"
-    # dates in words of other languages ("7. Mai 2014", "Mai 7, 2014") do not parse: then the day, a
-    # word that is not another month's English name, and the four-digit year must be printed together
-    # (not a "20" anywhere and a "2018" elsewhere)
+    # dates in words that do not parse (a language or spelling not in agentkit.data's month names): then
+    # the day, a word that is not another month's known name, and the four-digit year must be printed
+    # together (not a "20" anywhere and a "2018" elsewhere)
     d, y = rf"(?<!\d)0?{day.day}(?:st|nd|rd|th)?\.?", rf"{day.year}(?!\d)"
     for m in re.finditer(rf"{d}\s*([^\W\d_]{{3,}})\.?,?\s*{y}|([^\W\d_]{{3,}})\.?\s*{d},?\s*{y}", text):
         if month_number(m.group(1) or m.group(2)) in (None, day.month):
