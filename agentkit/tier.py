@@ -47,6 +47,19 @@ def shared_engine(key: str, factory: object) -> Engine:
         return engine
 
 
+def close_engines(keep: Callable[[str], bool] = lambda key: False) -> int:
+    """Close and forget the shared engines whose key ``keep`` rejects (all, by default), releasing their
+    models' memory; a tier built afterwards loads its model again. Returns how many were closed."""
+    with _engines_lock:
+        gone = [key for key in _engines if not keep(key)]
+        engines = [_engines.pop(key) for key in gone]
+    for engine in engines:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+    return len(engines)
+
+
 @dataclass
 class Tier:
     """One rung of a node's ladder."""
@@ -348,3 +361,11 @@ class _Lazy:
 
     def score(self, messages, continuations, *, prefix=0):  # type: ignore[no-untyped-def]
         return self.inner.score(messages, continuations, prefix=prefix)
+
+    def close(self) -> None:
+        """Close the engine if it was made; the next call makes it again."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()

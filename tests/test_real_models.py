@@ -95,6 +95,24 @@ def test_prefix_is_reused_across_calls(small):
     assert first.value in ("ham", "spam")
 
 
+def test_closed_engines_release_their_model_and_load_again_on_use(small):
+    from agentkit.embedded import model_path
+    from agentkit.tier import _engines, close_engines
+
+    spec = f"gguf:{model_path('qwen2.5-0.5b')}?n_ctx=512"  # its own engine, not the session's
+    task = Classify(["ham", "spam"], instructions="Spam or ham?", k=0)
+    engine = Tier(spec).engine
+    before = task.answer(engine, "See you at 6 then").details["distribution"]
+    assert engine.loaded
+    others = set(_engines) - {k for k in _engines if _engines[k] is engine}
+    assert close_engines(keep=others.__contains__) == 1
+    assert not engine.loaded and set(_engines) == others  # closed and forgotten; the session's engines kept
+    again = Tier(spec).engine
+    assert again is not engine
+    assert task.answer(again, "See you at 6 then").details["distribution"] == pytest.approx(before, abs=1e-6)
+    close_engines(keep=others.__contains__)
+
+
 class ReceiptFields(pydantic.BaseModel):
     company: str
     date: str

@@ -21,6 +21,24 @@ INSTRUCTIONS = "Is this SMS message spam (adverts, prizes, scams) or ham (a norm
 STOCK = "embedded:qwen2.5-0.5b"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_what_this_module_loaded():
+    """Close the engines these tests load (the tuned llama.cpp model, the fp32 reference in
+    transformers) and hand freed memory back to the system, so the vLLM tests after them have room."""
+    import contextlib
+    import ctypes
+    import gc
+
+    from agentkit import tier
+
+    before = set(tier._engines)
+    yield
+    tier.close_engines(keep=before.__contains__)
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @pytest.fixture(scope="module")
 def sms(datasets):
     records = list(read_jsonl(datasets / "sms_spam_collection" / "dev.jsonl"))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,18 @@ def run_check(vllm_env, out, *adapter):
         [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), *map(str, adapter)],
         capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT, timeout=900,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    said = f"{done.stdout[-3000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"exit {done.returncode} with {_available()} free:\n{said}"
     return json.loads(out.read_text())
+
+
+def _available() -> str:
+    """MemAvailable from /proc/meminfo (a vLLM engine that runs out of memory dies without saying so)."""
+    try:
+        line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return "unknown memory"
+    return f"{int(line.split()[1]) / 2**20:.1f} GiB"
 
 
 @pytest.fixture(scope="module")
