@@ -7,8 +7,9 @@ The stock tier runs in its best measured configuration (``--k`` retrieved exampl
 labels listed, shortlist); the tuned tier is served as users run it — the GGUF LoRA on the original
 Q4 model in llama.cpp — with no retrieved or fixed examples and no label list in its prompt
 (only the retrieval shortlist of labels to score). Training examples come only from the train side of the
-split (gold labels), evaluation items only from the test side. ``--out`` keeps the adapter (a rerun
-reuses it) and the per-tier answers (a rerun resumes). Ends with one JSON line.
+split (gold labels), evaluation items only from the test side, or from ``--eval-data`` (another file, less any
+text trained on). ``--out`` keeps the adapter (a rerun reuses it) and the per-tier answers (a rerun resumes).
+Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from _common import DATASETS, emit, evaluate, parser, print_table
 from classify import INSTRUCTIONS, verbalizer
 
 from agentkit import Classify, Node, Policy
-from agentkit.data import read_jsonl, sample, split_records
+from agentkit.data import normalize_text, read_jsonl, sample, split_records
 from agentkit.tune import TuneConfig, base_model, comparison, train, training_set
 
 
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
     p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
+    p.add_argument("--eval-data", type=Path, default=None,
+                   help="evaluate on this file's records instead of the test side of --data's split "
+                        "(e.g. bench/data/banking77_test.jsonl, records not in ../shared/datasets)")  # fmt: skip
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -70,8 +74,12 @@ def main() -> None:
         print()
     meta = json.loads((out / "tune.json").read_text())
     node, ladders = comparison(stock, out)
-    args.save = args.save or out / "answers.jsonl"
-    report = evaluate(node, sample(split.test, args.limit, seed=args.seed), args, ladders=ladders)
+    held_out = split.test
+    if args.eval_data:
+        trained_on = {normalize_text(r["input"]) for r in split.train}
+        held_out = [r for r in read_jsonl(args.eval_data) if normalize_text(r["input"]) not in trained_on]
+    args.save = args.save or out / (f"answers.{args.eval_data.stem}.jsonl" if args.eval_data else "answers.jsonl")
+    report = evaluate(node, sample(held_out, args.limit, seed=args.seed), args, ladders=ladders)
     every = report["all"]
     rows = []
     for key in sorted(every):
@@ -88,7 +96,8 @@ def main() -> None:
     stock_small, tuned_small = every["tier0"], every["tier1"]
     reach = min(max(f["score"] for k, f in every.items() if k.startswith(p)) for p in ("stock@", "tuned@"))
     emit({
-        "n": report["n"], "data": str(args.data), "split": report.get("split"),
+        "n": report["n"], "data": str(args.data), "eval_data": str(args.eval_data or args.data),
+        "split": report.get("split"),
         "stock_small_acc": round(stock_small["score"], 4), "stock_small_ci95": stock_small.get("ci95"),
         "tuned_small_acc": round(tuned_small["score"], 4), "tuned_small_ci95": tuned_small.get("ci95"),
         "large_acc": round(every[f"tier{len(node.tiers) - 1}"]["score"], 4),

@@ -1,12 +1,15 @@
 """Write the held-out sets that are *not* in ../shared/datasets (run once; the outputs are committed).
 
-    python bench/data/build.py CLINC_DATA_FULL_JSON SQUAD_DEV_V2_JSON
+    python bench/data/build.py CLINC_DATA_FULL_JSON SQUAD_DEV_V2_JSON [BANKING77_TEST_CSV ENRON_ASK_TEST_TXT]
 
 - ``clinc150_test.jsonl``: CLINC150's official test split (4,500 in-scope + 1,000 out-of-scope queries,
   less 2 that also occur in its train/val splits);
   ../shared/datasets/clinc150_oos holds only its train and val splits.
 - ``squad_v2_rhine/``: the "Rhine" article of the SQuAD 2.0 dev set (44 paragraphs, 498 questions);
   ../shared/datasets/squad_v2_normans holds only the "Normans" article. Same format as that folder.
+- ``banking77_test.jsonl``, ``enron_email_intent_test.jsonl``: the official *test* splits of BANKING77 and of
+  the Parakweet "ask" sentences (../shared/datasets has only their train files), less any text that also occurs
+  in the shared train file. Same fields as the shared files.
 """
 
 from __future__ import annotations
@@ -45,6 +48,34 @@ def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
     print(f"clinc150_test.jsonl: {len(rows)} records")
 
 
+def _train_texts(name: str) -> set[str]:
+    shared = HERE.parents[2] / "shared" / "datasets" / name / "train.jsonl"
+    return {json.loads(line)["input"].strip().lower() for line in shared.read_text().splitlines()}
+
+
+def banking77(test_csv: Path) -> None:
+    import csv
+
+    seen = _train_texts("banking77")
+    with test_csv.open(newline="", encoding="utf-8") as f:
+        rows = [{"input": r["text"], "expected": r["category"]} for r in csv.DictReader(f)]
+    kept = [r for r in rows if r["input"].strip().lower() not in seen]
+    write_jsonl(HERE / "banking77_test.jsonl", kept)
+    print(f"banking77_test.jsonl: {len(kept)} of {len(rows)} records (the rest occur in the train file)")
+
+
+def enron_ask(test_txt: Path) -> None:
+    seen = _train_texts("enron_email_intent")
+    rows = []
+    for line in test_txt.read_text(encoding="utf-8").splitlines():
+        label, _, sentence = line.partition("\t")
+        if sentence.strip():
+            rows.append({"input": sentence, "expected": "ask" if label == "Yes" else "not_ask", "raw_label": label})
+    kept = [r for r in rows if r["input"].strip().lower() not in seen]
+    write_jsonl(HERE / "enron_email_intent_test.jsonl", kept)
+    print(f"enron_email_intent_test.jsonl: {len(kept)} of {len(rows)} records (the rest occur in the train file)")
+
+
 def squad(dev: Path, title: str = "Rhine") -> None:
     article = next(a for a in json.loads(dev.read_text())["data"] if a["title"] == title)
     corpus, questions = [], []
@@ -70,3 +101,6 @@ if __name__ == "__main__":
     domains = json.loads((clinc_path.parent / "domains.json").read_text())
     clinc(clinc_path, domains)
     squad(squad_path)
+    if len(sys.argv) > 4:
+        banking77(Path(sys.argv[3]))
+        enron_ask(Path(sys.argv[4]))
