@@ -28,15 +28,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _shared_texts(name: str, *files: str) -> set[str]:
+    """The inputs of ../shared/datasets/NAME/FILES, stripped and lower-cased (to leave them out)."""
+    shared = HERE.parents[2] / "shared" / "datasets" / name
+    return {json.loads(line)["input"].strip().lower() for f in files for line in (shared / f).read_text().splitlines()}
+
+
 def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
     d = json.loads(data_full.read_text())
     domain_of = {intent: dom for dom, intents in domains.items() for intent in intents}
-    shared = HERE.parents[2] / "shared" / "datasets" / "clinc150_oos"
-    seen = {
-        json.loads(line)["input"].strip().lower()
-        for f in ("train.jsonl", "val.jsonl")
-        for line in (shared / f).read_text().splitlines()
-    }
+    seen = _shared_texts("clinc150_oos", "train.jsonl", "val.jsonl")
     rows = [
         {"input": text, "expected": label, "domain": domain_of.get(label, "oos"), "is_oos": label == "oos",
          "orig_split": split}
@@ -48,15 +49,10 @@ def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
     print(f"clinc150_test.jsonl: {len(rows)} records")
 
 
-def _train_texts(name: str) -> set[str]:
-    shared = HERE.parents[2] / "shared" / "datasets" / name / "train.jsonl"
-    return {json.loads(line)["input"].strip().lower() for line in shared.read_text().splitlines()}
-
-
 def banking77(test_csv: Path) -> None:
     import csv
 
-    seen = _train_texts("banking77")
+    seen = _shared_texts("banking77", "train.jsonl")
     with test_csv.open(newline="", encoding="utf-8") as f:
         rows = [{"input": r["text"], "expected": r["category"]} for r in csv.DictReader(f)]
     kept = [r for r in rows if r["input"].strip().lower() not in seen]
@@ -65,7 +61,7 @@ def banking77(test_csv: Path) -> None:
 
 
 def enron_ask(test_txt: Path) -> None:
-    seen = _train_texts("enron_email_intent")
+    seen = _shared_texts("enron_email_intent", "train.jsonl")
     rows = []
     for line in test_txt.read_text(encoding="utf-8").splitlines():
         label, _, sentence = line.partition("\t")
