@@ -49,15 +49,20 @@ def clinc(data_full: Path, domains: dict[str, list[str]]) -> None:
     print(f"clinc150_test.jsonl: {len(rows)} records")
 
 
+def write_unseen(name: str, rows: list[dict], seen: set[str]) -> None:
+    """``rows`` less those whose input is in ``seen`` (a shared train file's), as bench/data/NAME."""
+    kept = [r for r in rows if r["input"].strip().lower() not in seen]
+    write_jsonl(HERE / name, kept)
+    print(f"{name}: {len(kept)} of {len(rows)} records (the rest occur in the train file)")
+
+
 def banking77(test_csv: Path) -> None:
     import csv
 
     seen = _shared_texts("banking77", "train.jsonl")
     with test_csv.open(newline="", encoding="utf-8") as f:
         rows = [{"input": r["text"], "expected": r["category"]} for r in csv.DictReader(f)]
-    kept = [r for r in rows if r["input"].strip().lower() not in seen]
-    write_jsonl(HERE / "banking77_test.jsonl", kept)
-    print(f"banking77_test.jsonl: {len(kept)} of {len(rows)} records (the rest occur in the train file)")
+    write_unseen("banking77_test.jsonl", rows, seen)
 
 
 def enron_ask(test_txt: Path) -> None:
@@ -67,9 +72,7 @@ def enron_ask(test_txt: Path) -> None:
         label, _, sentence = line.partition("\t")
         if sentence.strip():
             rows.append({"input": sentence, "expected": "ask" if label == "Yes" else "not_ask", "raw_label": label})
-    kept = [r for r in rows if r["input"].strip().lower() not in seen]
-    write_jsonl(HERE / "enron_email_intent_test.jsonl", kept)
-    print(f"enron_email_intent_test.jsonl: {len(kept)} of {len(rows)} records (the rest occur in the train file)")
+    write_unseen("enron_email_intent_test.jsonl", rows, seen)
 
 
 def squad(dev: Path, title: str = "Rhine") -> None:
