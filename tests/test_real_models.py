@@ -104,7 +104,7 @@ def test_closed_engines_release_their_model_and_load_again_on_use(small):
     engine = Tier(spec).engine
     before = task.answer(engine, "See you at 6 then").details["distribution"]
     assert engine.loaded
-    others = set(_engines) - {k for k in _engines if _engines[k] is engine}
+    others = {key for key, shared in _engines.items() if shared is not engine}
     assert close_engines(keep=others.__contains__) == 1
     assert not engine.loaded and set(_engines) == others  # closed and forgotten; the session's engines kept
     again = Tier(spec).engine
