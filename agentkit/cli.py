@@ -200,15 +200,19 @@ def _app():  # type: ignore[no-untyped-def]
         ] = [],  # noqa: B006
         k: Annotated[int, typer.Option("--k", help="retrieved examples in the tuned tier's prompt")] = 0,
         static: Annotated[int, typer.Option("--static", help="fixed examples per label in its prompt")] = 0,
-        steps: Annotated[int, typer.Option("--steps")] = 120,
+        steps: Annotated[int, typer.Option("--steps")] = 200,
         minutes: Annotated[float, typer.Option("--minutes", help="time budget for the steps (0: none)")] = 30.0,
         rank: Annotated[int, typer.Option("--rank")] = 8,
         batch: Annotated[int, typer.Option("--batch")] = 8,
-        lr: Annotated[float, typer.Option("--lr")] = 2e-4,
+        lr: Annotated[float, typer.Option("--lr", help="peak learning rate (warm-up, then linear decay)")] = 1e-3,
         max_len: Annotated[int, typer.Option("--max-len", help="prompt + reply tokens per example")] = 256,
         layers: Annotated[
             int | None, typer.Option("--layers", help="adapt only the last N decoder layers (default: all)")
         ] = None,
+        targets: Annotated[
+            str,
+            typer.Option("--targets", help="comma-separated modules to adapt, e.g. add gate_proj,up_proj,down_proj"),
+        ] = "q_proj,k_proj,v_proj,o_proj",
         limit: Annotated[int | None, typer.Option("--limit", help="at most this many training examples")] = None,
         seed: Annotated[int, typer.Option("--seed", help="split seed (the evaluation side is never trained on)")] = 0,
         write_config: Annotated[
@@ -247,8 +251,10 @@ def _app():  # type: ignore[no-untyped-def]
             if limit is not None:
                 found.examples = found.examples[:limit]
             err.print(f"training examples: {len(found.examples)}  {found.counts}")
+            modules = tuple(t.strip() for t in targets.split(",") if t.strip())
             settings = tuning.TuneConfig(steps=steps, rank=rank, alpha=2 * rank, batch=batch, lr=lr, max_len=max_len,
-                                         seed=seed, minutes=minutes or None, layers=layers)  # fmt: skip
+                                         seed=seed, minutes=minutes or None, layers=layers,
+                                         target_modules=modules)  # fmt: skip
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, transient=True) as progress:
                 bar = progress.add_task(f"tuning {node.name} (loading {base.name})", total=steps)

@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
+    p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="modules the adapter adapts")
     p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     p.add_argument("--eval-data", type=Path, default=None,
@@ -65,7 +66,8 @@ def main() -> None:
         pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
         data = training_set(task.variant(**tuned_settings), records=pool, seed=args.seed)
         config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
-                            minutes=args.minutes, layers=args.layers)  # fmt: skip
+                            minutes=args.minutes, layers=args.layers,
+                            target_modules=tuple(args.targets.split(",")))  # fmt: skip
         report = train(
             data, base_model(stock.tiers[0].spec), out, config,
             on_step=lambda s, n, loss: print(f"\rstep {s}/{n} loss {loss:.3f}", end="", flush=True),

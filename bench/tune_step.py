@@ -1,5 +1,6 @@
 """LoRA step time: the output layer on every position vs on the reply positions only (``reply_loss``),
-and (``--layers N``) an adapter on the last N decoder layers only.
+vs the batch packed into one sequence with its shared prompt prefix once (``packed_reply_loss``, what
+``train`` runs), and (``--layers N``) an adapter on the last N decoder layers only.
 
     python bench/tune_step.py --data ../shared/datasets/banking77/train.jsonl --limit 48 --batch 8 --layers 8
 
@@ -25,6 +26,8 @@ from agentkit.tune import (
     _peak_rss_gb,
     base_model,
     lora_config,
+    pack,
+    packed_reply_loss,
     pad_id,
     reply_loss,
     training_set,
@@ -72,50 +75,60 @@ def main() -> None:
     pad = pad_id(tok)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
 
-    def full(ids, lab, mask):
+    def full(batch):
         use("default")
+        ids, lab, mask = _pad(batch, pad, torch)
         return model(input_ids=ids, attention_mask=mask, labels=lab).loss
 
-    def reply(ids, lab, mask):
+    def reply(batch):
         use("default")
-        return reply_loss(model, ids, lab, mask)
+        return reply_loss(model, *_pad(batch, pad, torch))
 
-    def reply_top(ids, lab, mask):
+    def packed(batch):
+        use("default")
+        return packed_reply_loss(model, pack(batch, torch))
+
+    def packed_top(batch):
         use("top")
-        return reply_loss(model, ids, lab, mask)
+        return packed_reply_loss(model, pack(batch, torch))
 
-    ways = [("full logits", full), ("reply positions", reply)]
+    ways = [("full logits", full), ("reply positions", reply), ("reply positions, packed", packed)]
     if args.layers:
-        ways.append((f"reply positions, last {args.layers} of {n_layers} layers", reply_top))
+        ways.append((f"packed, last {args.layers} of {n_layers} layers", packed_top))
     times: dict[str, list[float]] = {k: [] for k, _ in ways}
     losses: dict[str, list[float]] = {k: [] for k in times}
     for batch in batches:
-        ids, lab, mask = _pad(batch, pad, torch)
         for name, fn in ways:
             t0 = time.perf_counter()
-            loss = fn(ids, lab, mask)
+            loss = fn(batch)
             loss.backward()
             model.zero_grad()
             times[name].append(time.perf_counter() - t0)
             losses[name].append(float(loss.detach()))
     tokens = statistics.mean(max(len(t) for t, _ in b) * len(b) for b in batches)
+    packed_tokens = statistics.mean(pack(b, torch).ids.shape[1] for b in batches)
     rows_out = [[k, f"{statistics.median(v):.2f}", f"{statistics.mean(losses[k]):.4f}"] for k, v in times.items()]
-    print(f"{len(batches)} steps of {args.batch} examples each way, ~{tokens:.0f} padded tokens per step")
+    print(f"{len(batches)} steps of {args.batch} examples each way, ~{tokens:.0f} padded tokens per step,"
+          f" ~{packed_tokens:.0f} packed")  # fmt: skip
     print_table(rows_out, ["loss computed on", "s/step (median)", "mean loss"])
     medians = [statistics.median(v) for v in times.values()]
-    full_s, reply_s = medians[:2]
-    top_s = medians[2] if args.layers else None
-    print(f"reply positions vs full logits {full_s / reply_s:.2f}×"
-          + (f"; last {args.layers} layers vs all {reply_s / top_s:.2f}×" if top_s else "")
+    full_s, reply_s, packed_s = medians[:3]
+    top_s = medians[3] if args.layers else None
+    print(f"reply positions vs full logits {full_s / reply_s:.2f}×; packed vs padded {reply_s / packed_s:.2f}×"
+          + (f"; last {args.layers} layers vs all (packed) {packed_s / top_s:.2f}×" if top_s else "")
           + f"; peak RSS {_peak_rss_gb():.2f} GB")  # fmt: skip
-    full_l, reply_l = list(losses.values())[:2]
+    full_l, reply_l, packed_l = list(losses.values())[:3]
     emit({
         "bench": "tune_step", "data": str(args.data), "steps": len(batches), "batch": args.batch,
         "full_s_per_step": round(full_s, 3), "reply_s_per_step": round(reply_s, 3),
-        "speedup": round(full_s / reply_s, 3), "layers": args.layers or None,
+        "speedup": round(full_s / reply_s, 3), "packed_s_per_step": round(packed_s, 3),
+        "packed_speedup": round(reply_s / packed_s, 3),
+        "padded_tokens": round(tokens), "packed_tokens": round(packed_tokens),
+        "layers": args.layers or None,
         "top_layers_s_per_step": round(top_s, 3) if top_s else None,
-        "top_layers_speedup": round(reply_s / top_s, 3) if top_s else None,
+        "top_layers_speedup": round(packed_s / top_s, 3) if top_s else None,
         "max_loss_diff": round(max(abs(a - b) for a, b in zip(full_l, reply_l, strict=True)), 6),
+        "max_packed_loss_diff": round(max(abs(a - b) for a, b in zip(reply_l, packed_l, strict=True)), 6),
         "peak_rss_gb": round(_peak_rss_gb(), 2),
     })  # fmt: skip
 
