@@ -33,12 +33,13 @@ def main() -> None:
     p.add_argument("--static", type=int, default=0, help="examples per label in the stock prefix")
     p.add_argument("--verbalize", default="", help="as bench/classify.py")
     p.add_argument("--train", type=int, default=960, help="training examples (train side)")
-    p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
+    defaults = TuneConfig()  # the library's defaults, not a copy of them
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--rank", type=int, default=defaults.rank)
+    p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
-    p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="modules the adapter adapts")
+    p.add_argument("--targets", default=",".join(defaults.target_modules), help="modules the adapter adapts")
     p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     p.add_argument("--eval-data", type=Path, default=None,
