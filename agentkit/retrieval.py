@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ class ExampleIndex:
         corpus = [_text(e["input"]) for e in self.examples]
         self._retriever: Any = None
         self._vectors: np.ndarray | None = None
+        self._texts: Counter[str] | None = None  # normalized input -> count, for ``unseen`` searches
         if retrieval != "dense":
             import bm25s
 
@@ -92,8 +94,18 @@ class ExampleIndex:
         top = np.argpartition(-sims, k - 1)[:k]
         return [int(i) for i in top[np.argsort(-sims[top])]]
 
-    def search(self, query: str, k: int) -> list[dict[str, Any]]:
-        """The ``k`` most similar examples, most similar first."""
+    def search(self, query: str, k: int, *, unseen: bool = False) -> list[dict[str, Any]]:
+        """The ``k`` most similar examples, most similar first. ``unseen``: leave out examples whose
+        text is the query's, as if it were a new input (for training prompts built from the pool)."""
+        if unseen:
+            from agentkit.data import normalize_text
+
+            if self._texts is None:
+                self._texts = Counter(normalize_text(_text(e["input"])) for e in self.examples)
+            key = normalize_text(_text(query))
+            same = self._texts[key]
+            found = self.search(query, k + same) if same else self.search(query, k)
+            return [e for e in found if normalize_text(_text(e["input"])) != key][:k]
         k = min(k, len(self.examples))
         if k <= 0:
             return []

@@ -2,7 +2,8 @@
 records, and bind the tuned model to the node (``pip install 'agentkit[hf]'``).
 
 1. :func:`training_set` builds examples in the node's exact prompt format — the messages its task
-   sends for an input, and the reply its engine would be scored on — from gold labels (a labelled
+   sends for an input (retrieved examples as for a new input: never the example itself), and the
+   reply its engine would be scored on — from gold labels (a labelled
    JSONL) and from the node's traces: answers a *larger* tier gave confidently after the small tier
    escalated (distillation). Each example says which it is. Inputs are deduplicated (gold wins),
    and only the train side of :func:`~agentkit.data.split_of` is used, so the evaluation side is
@@ -29,13 +30,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentkit.data import normalize_text, split_of
 from agentkit.embedded import sha256_file
 from agentkit.engine import Message
 from agentkit.errors import ConfigError, InputError, ModelUnavailableError
 from agentkit.task import Task
+
+if TYPE_CHECKING:
+    from agentkit.tasks.grounded import GroundedAnswer
 
 
 @dataclass
@@ -94,7 +98,7 @@ def training_set(
     A trace gives an example when the node escalated and a later tier's answer was accepted
     confidently: that answer is the label (distillation). Only inputs on the train side of
     ``split_of(seed=seed)`` are used; ``exclude`` (e.g. the evaluation inputs) are dropped."""
-    if not hasattr(task, "messages"):
+    if not hasattr(task, "prompt"):
         raise ConfigError(f"a {task.kind} task cannot be tuned yet", hint="Classify and Extract can")
     counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
     excluded = {normalize_text(t) for t in exclude}
@@ -113,7 +117,7 @@ def training_set(
             return
         try:
             reply = reply_text(task, value)
-            msgs, _ = task.messages(task.check_input(text))  # type: ignore[attr-defined]
+            msgs = task.prompt(task.check_input(text), unseen=True)  # type: ignore[attr-defined]
         except InputError:
             counts["unusable"] += 1
             return
@@ -134,6 +138,73 @@ def training_set(
     examples = list(seen.values())
     counts["gold"] = sum(e.source == "gold" for e in examples)
     counts["distilled"] = sum(e.source == "distilled" for e in examples)
+    return TrainingSet(examples, counts)
+
+
+def reader_training_set(
+    task: GroundedAnswer,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    negatives: int = 1,
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+) -> TrainingSet:
+    """Per-passage examples for a :class:`~agentkit.GroundedAnswer` reader from question records
+    (SQuAD 2.0 style: ``input`` the question, ``expected`` ``{"answerable", "answers"}``,
+    ``gold_doc_id`` the document it was written on; the documents must be in ``task.corpus``).
+
+    Each question gives its gold passage — ``yes: <first gold answer>`` on the passage that holds it,
+    ``no`` for an unanswerable question (written against that passage) — and up to ``negatives`` of
+    the passages retrieved for it from other documents, ``no`` (what the reader must refuse when
+    retrieval misses). The prompt is the one the node sends (:meth:`GroundedAnswer.passage_messages`).
+    Only questions on the train side of ``split_of(seed=seed)`` are used; ``exclude`` are dropped."""
+    from agentkit.tasks.grounded import supported
+
+    counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
+    counts |= {"answer": 0, "no_answer": 0, "retrieved_negative": 0}
+    excluded = {normalize_text(t) for t in exclude}
+    seen: dict[tuple[str, str], TrainingExample] = {}
+    by_doc: dict[str, list[Any]] = {}
+    for p in task.corpus.passages:
+        by_doc.setdefault(p.doc_id, []).append(p)
+
+    def add(question: str, passage: Any, reply: str, kind: str) -> None:
+        key = (normalize_text(question), passage.id)
+        if key in seen:
+            counts["duplicates"] += 1
+            return
+        msgs = task.passage_messages(passage, question)
+        seen[key] = TrainingExample(question, reply, "gold", msgs, f"{kind}:{passage.id}")
+        counts[kind] += 1
+
+    for r in records:
+        question = " ".join(str(r.get("input", "")).split())
+        expected = r.get("expected") or {}
+        if normalize_text(question) in excluded:
+            counts["excluded"] += 1
+            continue
+        if split_of(question, seed=seed) != "train":
+            counts["held_out"] += 1
+            continue
+        passages = by_doc.get(str(r.get("gold_doc_id", "")), [])
+        answers = [str(a) for a in expected.get("answers") or [] if str(a).strip()]
+        if not question or not passages or (expected.get("answerable") and not answers):
+            counts["unusable"] += 1
+            continue
+        if expected.get("answerable"):
+            holder = next((p for p in passages if supported(answers[0], p.text)), None)
+            if holder is None:
+                counts["unusable"] += 1
+                continue
+            add(question, holder, f"yes: {answers[0].strip()}", "answer")
+        else:
+            for p in passages:
+                add(question, p, "no", "no_answer")
+        others = [p for p, _ in task.corpus.search(question, task.k + len(passages)) if p.doc_id != r["gold_doc_id"]]
+        for p in others[:negatives]:
+            add(question, p, "no", "retrieved_negative")
+    examples = list(seen.values())
+    counts["gold"] = len(examples)
     return TrainingSet(examples, counts)
 
 

@@ -63,3 +63,33 @@ def test_instructions_inside_documents_do_not_change_format_or_citations(node, c
     assert all(any(p.id == c for p in corpus.passages) for c in reply.citations)
     if reply.answerable:  # whatever it answered is a span of a passage it retrieved and cited
         assert supported(reply.answer, corpus[reply.citations[0]].text)
+
+
+def test_reader_training_set_from_squad_records(corpus, datasets):
+    """Per-passage training examples for the reader: the gold passage answers (a span of it) or
+    refuses (an unanswerable question), a retrieved passage of another document refuses; the
+    evaluation side of the split is never used. No model needed."""
+    from agentkit.data import read_jsonl, split_of
+    from agentkit.tune import reader_training_set
+
+    task = GroundedAnswer(corpus, k=2)
+    docs = {p.doc_id for p in corpus.passages}
+    records = [r for r in read_jsonl(datasets / "squad_v2_normans" / "questions.jsonl") if r["gold_doc_id"] in docs]
+    found = reader_training_set(task, records, negatives=1)
+    train = [r for r in records if split_of(r["input"]) == "train"]
+    assert found.counts["held_out"] == len(records) - len(train) > 0
+    assert found.counts["answer"] == sum(r["expected"]["answerable"] for r in train) - found.counts["unusable"]
+    assert found.counts["no_answer"] >= sum(not r["expected"]["answerable"] for r in train) > 0
+    assert found.counts["retrieved_negative"] > 0
+    by_question = {r["input"]: r for r in train}
+    for ex in found.examples:
+        record = by_question[ex.input]
+        passage = corpus[ex.origin.split(":", 1)[1]]
+        assert ex.messages == task.passage_messages(passage, ex.input)
+        if ex.origin.startswith("answer:"):
+            assert ex.reply == "yes: " + record["expected"]["answers"][0].strip()
+            assert passage.doc_id == record["gold_doc_id"] and supported(ex.reply[5:], passage.text)
+        elif ex.origin.startswith("no_answer:"):
+            assert ex.reply == "no" and passage.doc_id == record["gold_doc_id"]
+        else:
+            assert ex.reply == "no" and passage.doc_id != record["gold_doc_id"]

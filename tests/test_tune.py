@@ -96,6 +96,31 @@ def test_training_set_from_gold_and_traces(node, sms, traces):
         assert again.counts["duplicates"] >= 1
 
 
+def test_training_set_for_an_extractor_uses_its_exact_prompt(datasets):
+    """Extract nodes are tunable too: the reply is the record as JSON, the prompt the extractor's
+    own (system prompt with the schema, the retrieved receipts, the text) — no model needed."""
+    from agentkit import Extract
+    from agentkit.tune import training_set
+    from schemas.receipt import Receipt
+
+    records = list(read_jsonl(datasets / "sroie2019" / "dev.jsonl"))[:40]
+    train = [r for r in records if split_of(r["input"]) == "train"]
+    task = Extract(Receipt, examples=train[:10], k=1)
+    found = training_set(task, records=records)
+    assert found.counts["gold"] == len({normalize_text(r["input"]) for r in train}) > 0
+    assert found.counts["held_out"] == len(records) - len(train)
+    for ex in found.examples:
+        record = next(r for r in train if r["input"] == ex.input)
+        assert json.loads(ex.reply) == record["expected"]
+        assert ex.messages == task.messages(ex.input, unseen=True)
+        assert ex.messages[0]["role"] == "system" and ex.messages[-1] == {"role": "user", "content": ex.input}
+        assert len(ex.messages) == 4  # system, one retrieved receipt and its fields, the text
+        shot = ex.messages[1]["content"]
+        assert shot != ex.input  # a receipt in the pool is not shown its own fields as the example
+        if any(r["input"] == ex.input for r in train[:10]):
+            assert task.messages(ex.input)[1]["content"] == ex.input  # (at inference it would be)
+
+
 @pytest.fixture(scope="module")
 def tuned(node, sms, tmp_path_factory):
     """A real LoRA run of 8 steps, interrupted after 3 and resumed."""

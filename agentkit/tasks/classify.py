@@ -134,12 +134,22 @@ class Classify(Task):
         return text if len(text) <= self.example_chars else text[: self.example_chars] + "…"
 
     def messages(self, text: str) -> tuple[list[Message], list[dict[str, Any]]]:
+        """The prompt for ``text`` and the examples retrieved for it (more than ``k`` when a
+        shortlist of labels is drawn from them)."""
         want = max(self.k, 8 if self.shortlist is not None else 0)
         found = self.index.search(text, want) if self.index is not None and want > 0 else []
-        shots = found[: self.k]
-        msgs = self.fixed_messages() + self._turns(reversed(shots))  # most similar closest to the question
+        return self.prompt(text, found), found
+
+    def prompt(self, text: str, found: list[dict[str, Any]] | None = None, *, unseen: bool = False) -> list[Message]:
+        """The messages sent for ``text``: the fixed part, the ``k`` most similar examples of
+        ``found`` (retrieved here if not given; ``unseen``: not an example with ``text`` itself, as
+        for a training prompt built from the pool), the text."""
+        if found is None:
+            want = self.k if self.index is not None else 0
+            found = self.index.search(text, want, unseen=unseen) if want > 0 else []  # type: ignore[union-attr]
+        msgs = self.fixed_messages() + self._turns(reversed(found[: self.k]))  # most similar closest to the text
         msgs.append({"role": "user", "content": text})
-        return msgs, found
+        return msgs
 
     def fixed_messages(self) -> list[Message]:
         """The part of the prompt that is the same for every input (kept in the KV cache)."""

@@ -145,9 +145,14 @@ class Extract(Task):
             f"{json.dumps(self._json_schema, ensure_ascii=False)}"
         )
 
-    def messages(self, text: str) -> list[Message]:
+    def prompt(self, text: str, *, unseen: bool = False) -> list[Message]:
+        """The messages sent for ``text`` (``unseen``: no retrieved example with ``text`` itself,
+        as for a training prompt built from the pool)."""
+        return self.messages(text, unseen=unseen)
+
+    def messages(self, text: str, *, unseen: bool = False) -> list[Message]:
         msgs: list[Message] = [{"role": "system", "content": self.system_prompt()}]
-        shots = self.index.search(text, self.k) if self.index is not None and self.k > 0 else []
+        shots = self.index.search(text, self.k, unseen=unseen) if self.index is not None and self.k > 0 else []
         for ex in reversed(shots):
             expected = ex["expected"]
             msgs.append({"role": "user", "content": str(ex["input"])})

@@ -138,7 +138,8 @@ class GroundedAnswer(Task):
             return self._line_constraint
         return Constraint.span(passage.text, lead="yes:", stops=["no"])
 
-    def _messages(self, passage: Passage, question: str) -> list[Message]:
+    def passage_messages(self, passage: Passage, question: str) -> list[Message]:
+        """The per-passage prompt: the instructions and ``passage`` as the system message, then the question."""
         return [{"role": "system", "content": self.system_prompt(passage)}, {"role": "user", "content": question}]
 
     def answer(self, engine: Engine, text: str) -> Answer:
@@ -156,7 +157,7 @@ class GroundedAnswer(Task):
         p_yes: list[float] = []
         for passage in hits:
             gen = engine.generate(
-                self._messages(passage, question),
+                self.passage_messages(passage, question),
                 self.reply_constraint(passage),
                 max_tokens=self.max_answer_tokens,
                 prefix=1,
@@ -186,7 +187,7 @@ class GroundedAnswer(Task):
 
     def _verify(self, engine: Engine, passage: Passage, question: str, answer: str) -> tuple[float, Usage]:
         """P(yes) vs P(no), normalized, that ``answer`` answers ``question`` by the passage."""
-        msgs = self._messages(
+        msgs = self.passage_messages(
             passage,
             f"Question: {question}\nProposed answer: {answer}\n"
             "Does the passage state that this is the answer to the question? Reply yes or no.",
