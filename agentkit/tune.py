@@ -232,6 +232,10 @@ class TuneConfig:
     max_len: int = 256
     """Prompt + reply tokens; longer examples are left out (counted)."""
     warmup: int = 10
+    batch_by_prompt: bool = True
+    """Batch examples whose prompts agree up to the input (a reader's passage) together (the order is
+    random otherwise), so a packed batch computes that part once; a classifier's prompts without
+    retrieved examples all agree, so its batches stay fully random."""
     schedule: Literal["linear", "constant"] = "linear"
     """After the warm-up: decay the rate linearly to zero by the end of the steps or the time budget."""
     seed: int = 0
@@ -313,7 +317,7 @@ def train(
     folder = dequantized(base, "float32")  # converted once, cached: the same weights the hf tier loads
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    rows, too_long = _encode(tok, data.examples, config.max_len)
+    rows, groups, too_long = _encode(tok, data.examples, config.max_len)
     if not rows:
         raise ConfigError(f"every example is longer than max_len={config.max_len} tokens")
     lora = lora_config(peft, config, model.config.num_hidden_layers)
@@ -357,9 +361,7 @@ def train(
     try:
         while step < config.steps and spent + time.perf_counter() - t_steps < budget:
             if len(order) < config.batch:
-                fresh = list(range(len(rows)))
-                rng.shuffle(fresh)
-                order += fresh
+                order += epoch_order(groups if config.batch_by_prompt else list(range(len(rows))), rng)
             picked, order = order[: config.batch], order[config.batch :]
             progress = max(step / config.steps, (spent + time.perf_counter() - t_steps) / budget)
             for group in optim.param_groups:
@@ -439,14 +441,30 @@ def pad_id(tok: Any) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def _encode(tok: Any, examples: Sequence[TrainingExample], max_len: int) -> tuple[list[tuple[list[int], int]], int]:
+def epoch_order(groups: Sequence[Any], rng: random.Random) -> list[int]:
+    """One pass over the rows in random order, rows of the same group (``groups[i]``: row i's) kept
+    together: the groups in random order, each group's rows shuffled."""
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    blocks = list(members.values())
+    for block in blocks:
+        rng.shuffle(block)
+    rng.shuffle(blocks)
+    return [i for block in blocks for i in block]
+
+
+def _encode(
+    tok: Any, examples: Sequence[TrainingExample], max_len: int
+) -> tuple[list[tuple[list[int], int]], list[str], int]:
     """``(tokens, prompt_length)`` per example: the chat prompt, then the reply and the end-of-turn
-    marker, tokenized the way the engines score a reply (prompt and reply separately)."""
+    marker, tokenized the way the engines score a reply (prompt and reply separately); each row's
+    group (its prompt before the input: what batches share); how many were too long."""
     sentinel = "\x00reply\x00"
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}]
     rendered = tok.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
     eot = rendered.split(sentinel, 1)[1].rstrip() if sentinel in rendered else (tok.eos_token or "")
-    rows, too_long = [], 0
+    rows, groups, too_long = [], [], 0
     for ex in examples:
         prompt = tok.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=False)
         p = list(tok(prompt, add_special_tokens=False).input_ids)
@@ -455,7 +473,8 @@ def _encode(tok: Any, examples: Sequence[TrainingExample], max_len: int) -> tupl
             too_long += 1
             continue
         rows.append((p + r, len(p)))
-    return rows, too_long
+        groups.append(json.dumps(ex.messages[:-1], ensure_ascii=False))
+    return rows, groups, too_long
 
 
 def _pad(batch: Sequence[tuple[list[int], int]], pad: int, torch: Any) -> tuple[Any, Any, Any]:
@@ -472,10 +491,12 @@ def _pad(batch: Sequence[tuple[list[int], int]], pad: int, torch: Any) -> tuple[
 
 @dataclass
 class PackedBatch:
-    """A batch as one sequence: the prompt prefix its examples share once, then each example's own
-    tokens; every example attends to the shared prefix and to itself only (a block mask), with the
-    positions it would have on its own, so the loss is the padded batch's loss without computing
-    the shared prefix once per example or any padding (:func:`pack`)."""
+    """A batch as one sequence in which every token prefix that examples share is computed once:
+    the rows form a prefix tree (all of a classifier's rows share its system prompt; a reader's rows
+    share the instructions, and those on the same passage the passage too), each tree node's tokens
+    are written once, and a token attends to its own node and that node's ancestors only (a tree
+    mask), at the position it has in its own row. The loss is the padded batch's loss, without the
+    shared prefixes computed once per row or any padding (:func:`pack`)."""
 
     ids: Any
     positions: Any
@@ -489,21 +510,50 @@ class PackedBatch:
 
 def pack(batch: Sequence[tuple[list[int], int]], torch: Any) -> PackedBatch:
     """Pack ``(tokens, prompt_length)`` rows (see :func:`_encode`) into one :class:`PackedBatch`."""
-    shared = len(os.path.commonprefix([t for t, _ in batch]))
-    shared = min(shared, *(n_prompt for _, n_prompt in batch), *(len(t) - 1 for t, _ in batch))
-    ids, positions, segment, sources, targets = list(batch[0][0][:shared]), list(range(shared)), [0] * shared, [], []
-    for row, (tokens, n_prompt) in enumerate(batch, start=1):
-        start = len(ids)  # packed index of this row's token ``shared``
-        ids += tokens[shared:]
-        positions += range(shared, len(tokens))
-        segment += [row] * (len(tokens) - shared)
-        for j in range(n_prompt, len(tokens)):  # token j is predicted by token j - 1
-            sources.append(start + j - 1 - shared if j - 1 >= shared else j - 1)
-            targets.append(tokens[j])
-    seg = torch.tensor(segment)
+    ids: list[int] = []
+    positions: list[int] = []
+    node_of: list[int] = []  # packed index -> tree node
+    parents: list[int] = []  # tree node -> parent node (-1: a root)
+    where: list[list[int]] = [[0] * len(t) for t, _ in batch]  # row, token -> packed index
+
+    def emit(rows: list[int], start: int, end: int, parent: int) -> int:
+        node = len(parents)
+        parents.append(parent)
+        tokens = batch[rows[0]][0]
+        for j in range(start, end):
+            for r in rows:
+                where[r][j] = len(ids)
+            ids.append(tokens[j])
+            positions.append(j)
+            node_of.append(node)
+        return node
+
+    def grow(rows: list[int], depth: int, parent: int) -> None:
+        """Rows that agree on their first ``depth`` tokens (already written under ``parent``)."""
+        seqs = [batch[r][0] for r in rows]
+        shared = len(os.path.commonprefix([t[depth:] for t in seqs])) + depth
+        if shared > depth:
+            parent = emit(rows, depth, shared, parent)
+        branches: dict[int, list[int]] = {}
+        for r, t in zip(rows, seqs, strict=True):
+            if len(t) > shared:
+                branches.setdefault(t[shared], []).append(r)
+        for branch in branches.values():
+            grow(branch, shared, parent)
+
+    grow(list(range(len(batch))), 0, -1)
+    ancestry = torch.eye(len(parents), dtype=torch.bool)  # ancestry[n, m]: m is n or an ancestor of n
+    for n, parent in enumerate(parents):  # parents come before their children
+        if parent >= 0:
+            ancestry[n] |= ancestry[parent]
+    nodes = torch.tensor(node_of)
     n = len(ids)
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    allowed = causal & ((seg[:, None] == seg[None, :]) | (seg[None, :] == 0))
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() & ancestry[nodes][:, nodes]
+    sources, targets = [], []
+    for r, (tokens, n_prompt) in enumerate(batch):
+        for j in range(max(1, n_prompt), len(tokens)):  # token j is predicted by token j - 1
+            sources.append(where[r][j - 1])
+            targets.append(tokens[j])
     return PackedBatch(
         ids=torch.tensor([ids]),
         positions=torch.tensor([positions]),

@@ -71,7 +71,7 @@ def main() -> None:
         for name, param in model.named_parameters():
             param.requires_grad = "lora_" in name and f".{adapter}." in name
 
-    rows, _ = _encode(tok, data.examples, config.max_len)
+    rows, _, _ = _encode(tok, data.examples, config.max_len)
     pad = pad_id(tok)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
 

@@ -33,8 +33,8 @@ def test_reply_loss_equals_the_full_causal_lm_loss():
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
-    """Rows sharing a prompt prefix, packed into one sequence (the prefix once, a block mask), give the
-    padded batch's loss and the same adapter gradients — and so train the same adapter, on fewer tokens."""
+    """Rows sharing prompt prefixes, packed into one sequence (each shared prefix once, a tree mask),
+    give the padded batch's loss and the same adapter gradients — the same adapter, on fewer tokens."""
     from agentkit.tune import _pad, pack, packed_reply_loss, reply_loss
 
     torch.manual_seed(0)
@@ -68,3 +68,17 @@ def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
     assert torch.allclose(
         reply_loss(model, *_pad(odd, 0, torch)), packed_reply_loss(model, pack(odd, torch)), atol=1e-5
     )
+    # a reader's batch: shared instructions, then two passages each shared by its questions (a prefix
+    # tree: each passage once), rows out of order, one row the prefix of another, a duplicate row
+    rules, one, two = [3, 4, 5], [60, 61, 62, 63], [70, 71, 72]
+    tree = [
+        (rules + one + [80, 81, 90], 9), (rules + two + [82, 91, 92], 8), (rules + one + [83, 90], 8),
+        (rules + two + [82, 91], 7), (rules + one + [80, 81, 90], 9),
+    ]  # fmt: skip
+    packed = pack(tree, torch)
+    assert packed.ids.shape[1] == len(rules) + len(one) + 3 + 2 + len(two) + 3
+    assert len(packed.targets) == sum(len(t) - n for t, n in tree)
+    padded = reply_loss(model, *_pad(tree, 0, torch))
+    assert torch.allclose(padded, packed_reply_loss(model, packed), atol=1e-5), float(padded)
+    for a, b in zip(grads(padded), grads(packed_reply_loss(model, packed)), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

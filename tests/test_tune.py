@@ -121,6 +121,19 @@ def test_training_set_for_an_extractor_uses_its_exact_prompt(datasets):
             assert task.messages(ex.input)[1]["content"] == ex.input  # (at inference it would be)
 
 
+def test_an_epoch_keeps_rows_that_share_a_prompt_together():
+    import random
+
+    from agentkit.tune import epoch_order
+
+    groups = ["a", "b", "a", "c", "b", "a", "c", "c", "d"]
+    order = epoch_order(groups, random.Random(0))
+    assert sorted(order) == list(range(len(groups)))
+    runs = [groups[i] for i in order]
+    assert len([g for i, g in enumerate(runs) if i == 0 or runs[i - 1] != g]) == len(set(groups))  # one run each
+    assert {tuple(epoch_order(groups, random.Random(s))) for s in range(5)} != {tuple(order)}  # and random
+
+
 @pytest.fixture(scope="module")
 def tuned(node, sms, tmp_path_factory):
     """A real LoRA run of 8 steps, interrupted after 3 and resumed."""
