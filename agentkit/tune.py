@@ -200,7 +200,11 @@ def reader_training_set(
         else:
             for p in passages:
                 add(question, p, "no", "no_answer")
-        others = [p for p, _ in task.corpus.search(question, task.k + len(passages)) if p.doc_id != r["gold_doc_id"]]
+        others = [
+            p
+            for p, _ in task.corpus.search(question, task.k + len(passages))
+            if p.doc_id != r["gold_doc_id"] and not any(supported(a, p.text) for a in answers)
+        ]  # fmt: skip  (a passage that holds a gold answer too is no negative)
         for p in others[:negatives]:
             add(question, p, "no", "retrieved_negative")
     examples = list(seen.values())

@@ -1,12 +1,15 @@
 """Write the held-out sets that are *not* in ../shared/datasets (run once; the outputs are committed).
 
     python bench/data/build.py CLINC_DATA_FULL_JSON SQUAD_DEV_V2_JSON [BANKING77_TEST_CSV ENRON_ASK_TEST_TXT]
+    python bench/data/build.py squad-train SQUAD_TRAIN_V2_EXCERPT_JSON
 
 - ``clinc150_test.jsonl``: CLINC150's official test split (4,500 in-scope + 1,000 out-of-scope queries,
   less 2 that also occur in its train/val splits);
   ../shared/datasets/clinc150_oos holds only its train and val splits.
 - ``squad_v2_rhine/``: the "Rhine" article of the SQuAD 2.0 dev set (44 paragraphs, 498 questions);
   ../shared/datasets/squad_v2_normans holds only the "Normans" article. Same format as that folder.
+- ``squad_v2_train10/``: ten articles of the SQuAD 2.0 *train* set (694 paragraphs, 4,719 questions, 348
+  unanswerable) — training data for a tuned reader (``bench/tune_reader.py``); no Normans or Rhine paragraph.
 - ``banking77_test.jsonl``, ``enron_email_intent_test.jsonl``: the official *test* splits of BANKING77 and of
   the Parakweet "ask" sentences (../shared/datasets has only their train files), less any text that also occurs
   in the shared train file. Same fields as the shared files.
@@ -75,8 +78,8 @@ def enron_ask(test_txt: Path) -> None:
     write_unseen("enron_email_intent_test.jsonl", rows, seen)
 
 
-def squad(dev: Path, title: str = "Rhine") -> None:
-    article = next(a for a in json.loads(dev.read_text())["data"] if a["title"] == title)
+def _squad_article(article: dict) -> tuple[list[dict], list[dict]]:
+    title = article["title"]
     corpus, questions = [], []
     for i, para in enumerate(article["paragraphs"]):
         doc_id = f"{title}_{i:02d}"
@@ -89,13 +92,27 @@ def squad(dev: Path, title: str = "Rhine") -> None:
                 "gold_doc_id": doc_id, "title": title, "answer_spans": qa["answers"],
                 "plausible_answers": qa.get("plausible_answers", []),
             })  # fmt: skip
-    out = HERE / f"squad_v2_{title.lower()}"
+    return corpus, questions
+
+
+def squad(dev: Path, title: str = "Rhine", out_name: str | None = None) -> None:
+    """One article of a SQuAD 2.0 file (or all of them, ``title=None``) as corpus.jsonl + questions.jsonl."""
+    corpus, questions = [], []
+    for article in json.loads(dev.read_text())["data"]:
+        if title is None or article["title"] == title:
+            c, q = _squad_article(article)
+            corpus += c
+            questions += q
+    out = HERE / (out_name or f"squad_v2_{title.lower()}")
     write_jsonl(out / "corpus.jsonl", corpus)
     write_jsonl(out / "questions.jsonl", questions)
     print(f"{out.name}: {len(corpus)} paragraphs, {len(questions)} questions")
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "squad-train":  # python bench/data/build.py squad-train TRAIN_V2_EXCERPT_JSON
+        squad(Path(sys.argv[2]), title=None, out_name="squad_v2_train10")
+        sys.exit()
     clinc_path, squad_path = map(Path, sys.argv[1:3])
     domains = json.loads((clinc_path.parent / "domains.json").read_text())
     clinc(clinc_path, domains)
