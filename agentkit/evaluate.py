@@ -86,7 +86,7 @@ def iter_answers(
         for i, (value, key) in enumerate(zip(inputs, ids, strict=True)):
             row = []
             for tier, name, mark in zip(tiers, names, marks, strict=True):
-                answer = done.get((key, name, mark)) or done.get((key, name, None))  # None: written before marks
+                answer = done.get((key, name, mark))  # a line without a mark (older caches) is asked again
                 if answer is None:
                     answer = answer_one(task, tier, value)
                     if sink is not None:

@@ -233,12 +233,12 @@ def test_cached_answers_are_reused_only_for_the_same_task_and_tier(tmp_path):
     tier.engine.calls.clear()
     list(iter_answers(Classify(["a", "b"]), [retuned], inputs, cache=cache))
     assert len(tier.engine.calls) == 2  # same name, another adapter: asked again
-    legacy = tmp_path / "legacy.jsonl"  # written before answers carried their settings: still read
+    legacy = tmp_path / "legacy.jsonl"  # written before answers carried their settings: not trusted
     lines = [json.loads(x) for x in cache.read_text().splitlines()][:2]
     legacy.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "config"}) + "\n" for r in lines))
     tier.engine.calls.clear()
     list(iter_answers(Classify(["a", "b"], instructions="Other words."), [tier], inputs, cache=legacy))
-    assert tier.engine.calls == []
+    assert len(tier.engine.calls) == 2
 
 
 def test_records_in_the_example_pool_are_left_out():
