@@ -148,6 +148,7 @@ def reader_training_set(
     negatives: int = 1,
     exclude: Iterable[str] = (),
     seed: int = 0,
+    train_side_only: bool = True,
 ) -> TrainingSet:
     """Per-passage examples for a :class:`~agentkit.GroundedAnswer` reader from question records
     (SQuAD 2.0 style: ``input`` the question, ``expected`` ``{"answerable", "answers"}``,
@@ -157,7 +158,9 @@ def reader_training_set(
     ``no`` for an unanswerable question (written against that passage) — and up to ``negatives`` of
     the passages retrieved for it from other documents, ``no`` (what the reader must refuse when
     retrieval misses). The prompt is the one the node sends (:meth:`GroundedAnswer.passage_messages`).
-    Only questions on the train side of ``split_of(seed=seed)`` are used; ``exclude`` are dropped."""
+    Only questions on the train side of ``split_of(seed=seed)`` are used (``train_side_only=False``:
+    all, for records that are a training set of their own, e.g. other articles than those evaluated
+    on); ``exclude`` are dropped."""
     from agentkit.tasks.grounded import supported
 
     counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
@@ -183,7 +186,7 @@ def reader_training_set(
         if normalize_text(question) in excluded:
             counts["excluded"] += 1
             continue
-        if split_of(question, seed=seed) != "train":
+        if train_side_only and split_of(question, seed=seed) != "train":
             counts["held_out"] += 1
             continue
         passages = by_doc.get(str(r.get("gold_doc_id", "")), [])

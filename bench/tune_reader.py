@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, default=SQUAD / "corpus.jsonl", help="the evaluation documents")
     p.add_argument("--train-corpus", type=Path, default=TRAIN / "corpus.jsonl")
     p.add_argument("--train-data", type=Path, default=TRAIN / "questions.jsonl")
-    p.add_argument("--train", type=int, default=100_000, help="training questions (train side of the split)")
+    p.add_argument("--train", type=int, default=100_000, help="training questions (of --train-data)")
     p.add_argument("--k", type=int, default=2, help="passages retrieved per question")
     p.add_argument("--negatives", type=int, default=1, help="retrieved passages of other paragraphs per question")
     defaults = TuneConfig()
@@ -59,9 +59,13 @@ def main() -> None:
         train_corpus = Corpus.build(args.train_corpus)
         questions = sample(list(read_jsonl(args.train_data)), args.train, seed=args.seed)
         data = reader_training_set(
-            GroundedAnswer(train_corpus, k=args.k), questions, negatives=args.negatives,
-            exclude=[r["input"] for r in evaluation], seed=args.seed,
-        )  # fmt: skip
+            GroundedAnswer(train_corpus, k=args.k),
+            questions,
+            negatives=args.negatives,
+            exclude=[r["input"] for r in evaluation],
+            seed=args.seed,
+            train_side_only=False,
+        )  # fmt: skip  (other articles than the evaluated ones: both sides of the split)
         print(f"training examples: {len(data.examples)} {data.counts}")
         config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
                             minutes=args.minutes, layers=args.layers, max_len=args.max_len,

@@ -93,3 +93,7 @@ def test_reader_training_set_from_squad_records(corpus, datasets):
             assert ex.reply == "no" and passage.doc_id == record["gold_doc_id"]
         else:
             assert ex.reply == "no" and passage.doc_id != record["gold_doc_id"]
+            assert not any(supported(a, passage.text) for a in record["expected"]["answers"])
+    # records that are a training set of their own (other articles than evaluated): both sides
+    everything = reader_training_set(task, records, negatives=1, train_side_only=False)
+    assert everything.counts["held_out"] == 0 and everything.counts["answer"] > found.counts["answer"]
