@@ -205,7 +205,9 @@ def _app():  # type: ignore[no-untyped-def]
         rank: Annotated[int, typer.Option("--rank")] = 8,
         batch: Annotated[int, typer.Option("--batch")] = 8,
         lr: Annotated[float, typer.Option("--lr", help="peak learning rate (warm-up, then linear decay)")] = 1e-3,
-        max_len: Annotated[int, typer.Option("--max-len", help="prompt + reply tokens per example")] = 256,
+        max_len: Annotated[
+            int | None, typer.Option("--max-len", help="prompt + reply tokens per example (256; a reader: 768)")
+        ] = None,
         layers: Annotated[
             int | None, typer.Option("--layers", help="adapt only the last N decoder layers (default: all)")
         ] = None,
@@ -243,7 +245,10 @@ def _app():  # type: ignore[no-untyped-def]
             records = [r for path in data for r in load_records(path, None)]
             trace_rows = [r for path in traces for r in load_records(path, None, need_expected=False)]
             held = [str(r["input"]) for path in exclude for r in load_records(path, None)]
+            reader = node.task.kind == "grounded_answer"  # its k is passages retrieved: kept as it is
             own = {key: v for key, v in {"k": k, "static_per_label": static}.items() if hasattr(node.task, key)}
+            own = {} if reader else own
+            max_len = max_len or (768 if reader else 256)
             task = node.task.variant(**own)
             found = tuning.training_set(
                 task, records=records, traces=trace_rows, node=node.name, exclude=held, seed=seed

@@ -287,10 +287,14 @@ class Corpus:
         return len(self.passages)
 
     def __getitem__(self, passage_id: str) -> Passage:
-        for p in self.passages:
-            if p.id == passage_id:
-                return p
-        raise KeyError(passage_id)
+        found = self.get(passage_id)
+        if found is None:
+            raise KeyError(passage_id)
+        return found
+
+    def get(self, passage_id: str) -> Passage | None:
+        """The passage with this id, or None."""
+        return next((p for p in self.passages if p.id == passage_id), None)
 
     def search(self, query: str, k: int) -> list[tuple[Passage, float]]:
         """The ``k`` best passages for ``query`` with their scores, best first. BM25 leaves out

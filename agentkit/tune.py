@@ -97,9 +97,12 @@ def training_set(
 
     A trace gives an example when the node escalated and a later tier's answer was accepted
     confidently: that answer is the label (distillation). Only inputs on the train side of
-    ``split_of(seed=seed)`` are used; ``exclude`` (e.g. the evaluation inputs) are dropped."""
+    ``split_of(seed=seed)`` are used; ``exclude`` (e.g. the evaluation inputs) are dropped. A
+    :class:`~agentkit.GroundedAnswer` task gets :func:`reader_training_set`'s examples."""
+    if task.kind == "grounded_answer":  # per-passage examples, from question records
+        return reader_training_set(task, records, traces=traces, node=node, exclude=exclude, seed=seed)  # type: ignore[arg-type]
     if not hasattr(task, "prompt"):
-        raise ConfigError(f"a {task.kind} task cannot be tuned yet", hint="Classify and Extract can")
+        raise ConfigError(f"a {task.kind} task cannot be tuned yet", hint="Classify, Extract and GroundedAnswer can")
     counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
     excluded = {normalize_text(t) for t in exclude}
     seen: dict[str, TrainingExample] = {}
@@ -143,8 +146,10 @@ def training_set(
 
 def reader_training_set(
     task: GroundedAnswer,
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[Mapping[str, Any]] = (),
     *,
+    traces: Iterable[Mapping[str, Any]] = (),
+    node: str | None = None,
     negatives: int = 1,
     exclude: Iterable[str] = (),
     seed: int = 0,
@@ -158,13 +163,15 @@ def reader_training_set(
     ``no`` for an unanswerable question (written against that passage) — and up to ``negatives`` of
     the passages retrieved for it from other documents, ``no`` (what the reader must refuse when
     retrieval misses). The prompt is the one the node sends (:meth:`GroundedAnswer.passage_messages`).
-    Only questions on the train side of ``split_of(seed=seed)`` are used (``train_side_only=False``:
+    From ``traces`` of the node named ``node``: an answer a later tier gave confidently after the
+    small tier escalated, on the passage it cited (distillation; a gold example for the same question
+    and passage wins). Only questions on the train side of ``split_of(seed=seed)`` are used (``train_side_only=False``:
     all, for records that are a training set of their own, e.g. other articles than those evaluated
     on); ``exclude`` are dropped."""
     from agentkit.tasks.grounded import supported
 
     counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
-    counts |= {"answer": 0, "no_answer": 0, "retrieved_negative": 0}
+    counts |= {"answer": 0, "no_answer": 0, "retrieved_negative": 0}  # what the gold examples are
     excluded = {normalize_text(t) for t in exclude}
     seen: dict[tuple[str, str], TrainingExample] = {}
     by_doc: dict[str, list[Any]] = {}
@@ -173,21 +180,42 @@ def reader_training_set(
 
     def add(question: str, passage: Any, reply: str, kind: str) -> None:
         key = (normalize_text(question), passage.id)
-        if key in seen:
+        source: Literal["gold", "distilled"] = "distilled" if kind == "distilled" else "gold"
+        if key in seen:  # a gold example replaces a distilled one; otherwise the first stays
             counts["duplicates"] += 1
-            return
+            if not (source == "gold" and seen[key].source == "distilled"):
+                return
         msgs = task.passage_messages(passage, question)
-        seen[key] = TrainingExample(question, reply, "gold", msgs, f"{kind}:{passage.id}")
+        seen[key] = TrainingExample(question, reply, source, msgs, f"{kind}:{passage.id}")
         counts[kind] += 1
+
+    def usable(question: str) -> bool:
+        if normalize_text(question) in excluded:
+            counts["excluded"] += 1
+            return False
+        if train_side_only and split_of(question, seed=seed) != "train":
+            counts["held_out"] += 1
+            return False
+        return True
+
+    for t in traces:
+        value, attempts = t.get("value") or {}, t.get("attempts") or []
+        first = attempts[0]["tier"] if attempts else None
+        confident = t.get("ok") and t.get("accepted") == "confident" and t.get("tier") not in (None, first)
+        if (node is not None and t.get("node") != node) or not confident or not isinstance(value, dict):
+            continue
+        question = " ".join(str(t.get("input_text", "")).split())
+        cited = [task.corpus.get(c) for c in value.get("citations") or []]
+        answer = str(value.get("answer") or "").strip()
+        if not value.get("answerable") or not cited or cited[0] is None or not supported(answer, cited[0].text):
+            continue
+        if usable(question):
+            add(question, cited[0], f"yes: {answer}", "distilled")
 
     for r in records:
         question = " ".join(str(r.get("input", "")).split())
         expected = r.get("expected") or {}
-        if normalize_text(question) in excluded:
-            counts["excluded"] += 1
-            continue
-        if train_side_only and split_of(question, seed=seed) != "train":
-            counts["held_out"] += 1
+        if not usable(question):
             continue
         passages = by_doc.get(str(r.get("gold_doc_id", "")), [])
         answers = [str(a) for a in expected.get("answers") or [] if str(a).strip()]
@@ -211,7 +239,8 @@ def reader_training_set(
         for p in others[:negatives]:
             add(question, p, "no", "retrieved_negative")
     examples = list(seen.values())
-    counts["gold"] = len(examples)
+    counts["gold"] = sum(e.source == "gold" for e in examples)
+    counts["distilled"] = sum(e.source == "distilled" for e in examples)
     return TrainingSet(examples, counts)
 
 

@@ -97,3 +97,44 @@ def test_reader_training_set_from_squad_records(corpus, datasets):
     # records that are a training set of their own (other articles than evaluated): both sides
     everything = reader_training_set(task, records, negatives=1, train_side_only=False)
     assert everything.counts["held_out"] == 0 and everything.counts["answer"] > found.counts["answer"]
+
+
+def test_reader_training_set_distils_the_large_tiers_confident_answers(node, corpus, datasets, tmp_path):
+    """Real traces of the node on train-side questions: an answer a later tier gave confidently after
+    the small tier escalated becomes a ``distilled`` example on the passage it cited; a gold record for
+    the same question and passage replaces it."""
+    from agentkit import collect
+    from agentkit.data import read_jsonl, split_of
+    from agentkit.tune import reader_training_set
+
+    docs = {p.doc_id for p in corpus.passages}
+    records = [
+        r for r in read_jsonl(datasets / "squad_v2_normans" / "questions.jsonl")
+        if r["gold_doc_id"] in docs and split_of(r["input"]) == "train" and r["expected"]["answerable"]
+    ][:4]  # fmt: skip
+    path = tmp_path / "trace.jsonl"
+    with collect(path):
+        for r in records:
+            node.run(r["input"])
+    traces = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(traces) == len(records)
+    escalated = [
+        t for t in traces
+        if t["ok"] and t["accepted"] == "confident" and t["tier"] != t["attempts"][0]["tier"]
+        and t["value"]["answerable"] and t["value"]["citations"]
+    ]  # fmt: skip
+    found = reader_training_set(node.task, traces=traces)
+    assert {(e.input, e.origin) for e in found.examples} == {
+        (" ".join(t["input_text"].split()), f"distilled:{t['value']['citations'][0]}") for t in escalated
+    }
+    for e, t in zip(found.examples, escalated, strict=True):
+        assert e.source == "distilled" and e.reply == "yes: " + t["value"]["answer"].strip()
+        assert e.messages == node.task.passage_messages(corpus[t["value"]["citations"][0]], e.input)
+    def keyed(found):
+        return {(e.input, e.origin.split(":", 1)[1]): e for e in found.examples}
+
+    distilled, gold = keyed(found), keyed(reader_training_set(node.task, records))
+    both = keyed(reader_training_set(node.task, records, traces=traces))
+    assert set(both) == set(distilled) | set(gold)
+    for key, e in both.items():
+        assert e.source == ("gold" if key in gold else "distilled")  # gold wins where both exist
