@@ -165,9 +165,9 @@ def reader_training_set(
     retrieval misses). The prompt is the one the node sends (:meth:`GroundedAnswer.passage_messages`).
     From ``traces`` of the node named ``node``: an answer a later tier gave confidently after the
     small tier escalated, on the passage it cited (distillation; a gold example for the same question
-    and passage wins). Only questions on the train side of ``split_of(seed=seed)`` are used (``train_side_only=False``:
-    all, for records that are a training set of their own, e.g. other articles than those evaluated
-    on); ``exclude`` are dropped."""
+    and passage wins). Only questions on the train side of ``split_of(seed=seed)`` are used
+    (``train_side_only=False``: all, for records that are a training set of their own, e.g. other
+    articles than those evaluated on); ``exclude`` are dropped."""
     from agentkit.tasks.grounded import supported
 
     counts = dict.fromkeys(("gold", "distilled", "duplicates", "held_out", "excluded", "unusable"), 0)
