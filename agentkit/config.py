@@ -39,6 +39,8 @@ def node_settings(node: Node) -> dict[str, Any]:
     """What a config file records for ``node``."""
     out: dict[str, Any] = {"tiers": [tier_setting(t) for t in node.tiers], **dataclasses.asdict(node.policy)}
     task = {k: getattr(node.task, k) for k in TASK_KNOBS if getattr(node.task, k, None) is not None}
+    if all(word == label for label, word in task.get("verbalizer", {}).items()):
+        task.pop("verbalizer", None)  # labels written as themselves: the default, not worth a line
     if task:
         out["task"] = task
     return out

@@ -31,7 +31,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4, help="retrieved examples for the stock tiers")
     p.add_argument("--retrieval", default="dense", choices=["bm25", "dense", "hybrid"])
     p.add_argument("--static", type=int, default=0, help="examples per label in the stock prefix")
-    p.add_argument("--verbalize", default="", help="as bench/classify.py")
+    p.add_argument("--verbalize", default="", help="as bench/classify.py (the stock and large tiers' label words)")
+    p.add_argument("--tuned-verbalize", default=None,
+                   help="the label words the tuned tier is trained on and writes (default: --verbalize's)")  # fmt: skip
     p.add_argument("--train", type=int, default=960, help="training examples (train side)")
     defaults = TuneConfig()  # the library's defaults, not a copy of them
     p.add_argument("--steps", type=int, default=defaults.steps)
@@ -62,7 +64,9 @@ def main() -> None:
     )
     stock = Node(task, args.tiers.split(","), Policy(threshold=0.8), name=name)
     out = args.out / name
-    tuned_settings = {"k": 0, "list_labels": False} | ({"static_per_label": 0} if args.static else {})
+    words = verbalizer(args.verbalize if args.tuned_verbalize is None else args.tuned_verbalize, labels)
+    tuned_settings = {"k": 0, "list_labels": False, "verbalizer": words or {label: label for label in labels}}
+    tuned_settings |= {"static_per_label": 0} if args.static else {}
     if not (out / "tune.json").is_file():
         pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
         data = training_set(task.variant(**tuned_settings), records=pool, seed=args.seed)

@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from agentkit import Classify, Corpus, Extract, GroundedAnswer, InputError, Node, Policy, TaskFailed, Tier, collect
-from agentkit.errors import EngineError
+from agentkit.errors import ConfigError, EngineError
 from agentkit.evaluate import answer_all, cascade
 from agentkit.testing import FakeEngine, failing_engine
 
@@ -384,3 +384,28 @@ def test_an_abstained_result_keeps_the_passages_the_tier_retrieved():
     result = Node(task, tiers, Policy(threshold=0.95, when_unsure="abstain")).run("How do I close my account?")
     assert result.accepted == "abstained" and result.value["answerable"] is False
     assert result.value["retrieved"] == ["close#0"]
+
+
+def test_a_tier_can_write_the_labels_in_its_own_words():
+    """A tuned tier trained on the label names answers in them while the stock tier writes them with
+    spaces: the words are a per-tier task setting (FakeEngine: scripted replies, no model)."""
+    labels = ["card_arrival", "top_up_failed"]
+    spaced = {label: label.replace("_", " ") for label in labels}
+    task = Classify(labels, verbalizer=spaced)
+    stock = FakeEngine(replies=["top up failed"])
+    tuned = FakeEngine(replies=["top_up_failed"])
+    tuned_tier = Tier(spec="fake:tuned", name="tuned", engine=tuned, task={"verbalizer": {x: x for x in labels}})
+    for tier, engine, word in (
+        (fake_tier("stock", stock), stock, "top up failed"),
+        (tuned_tier, tuned, "top_up_failed"),
+    ):
+        result = Node(task, [tier], Policy(threshold=0.5)).run("my top-up did not go through")
+        assert result.ok and result.value == "top_up_failed", result.reason
+        assert result.attempts[0].raw == word
+        assert f"- {word}" in engine.calls[-1][0]["content"]  # and its prompt lists the labels in its words
+    assert (
+        task.verbalizer == spaced
+        and task.variant(verbalizer={x: x for x in labels}).verbalizer["card_arrival"] == "card_arrival"
+    )
+    with pytest.raises(ConfigError):
+        task.variant(verbalizer={"card_arrival": "same", "top_up_failed": "same"})

@@ -90,10 +90,8 @@ class Classify(Task):
         self.shortlist = shortlist
         self.example_chars = example_chars
         self.static_per_label = static_per_label
-        self.verbalizer = {label: (verbalizer or {}).get(label, label) for label in self.labels}
-        if len(set(self.verbalizer.values())) != len(self.labels):
-            raise ConfigError("verbalizer must map labels to distinct words")
-        self._label_of = {word: label for label, word in self.verbalizer.items()}
+        self.verbalizer = dict(verbalizer or {})
+        self._set_words()
         self.calibrate = calibrate
         self.vote_k = vote_k
         self._prior: dict[int, dict[str, float]] = {}
@@ -107,7 +105,6 @@ class Classify(Task):
             self.index = ExampleIndex(examples, retrieval=retrieval)
             self.static = _static_examples(examples, static_per_label, seed)
         self._seed = seed
-        self._constraint = Constraint.choice(list(self.verbalizer.values()))
         self._fixed: list[Message] | None = None
 
     def abstention(self, reason: str) -> Any:
@@ -115,8 +112,17 @@ class Classify(Task):
             return super().abstention(reason)
         return self.abstain_label
 
+    def _set_words(self) -> None:
+        """Complete ``verbalizer`` (a label without a word is written as itself) and derive from it."""
+        self.verbalizer = {label: str(self.verbalizer.get(label, label)) for label in self.labels}
+        if len(set(self.verbalizer.values())) != len(self.labels):
+            raise ConfigError("verbalizer must map labels to distinct words")
+        self._label_of = {word: label for label, word in self.verbalizer.items()}
+        self._constraint = Constraint.choice(list(self.verbalizer.values()))
+
     def _forget(self) -> None:
         self._fixed, self._prior = None, {}
+        self._set_words()  # a tier may write the labels its own way (a model tuned on other words)
         if self.index is not None:  # ``static_per_label`` may have changed (a tier's own setting)
             self.static = _static_examples(self.index.examples, self.static_per_label, self._seed)
 
