@@ -130,6 +130,7 @@ def test_reader_training_set_distils_the_large_tiers_confident_answers(node, cor
     for e, t in zip(found.examples, escalated, strict=True):
         assert e.source == "distilled" and e.reply == "yes: " + t["value"]["answer"].strip()
         assert e.messages == node.task.passage_messages(corpus[t["value"]["citations"][0]], e.input)
+
     def keyed(found):
         return {(e.input, e.origin.split(":", 1)[1]): e for e in found.examples}
 
