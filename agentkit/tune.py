@@ -83,6 +83,16 @@ def reply_text(task: Task, value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def distillable(trace: Mapping[str, Any], node: str | None = None) -> bool:
+    """Whether a result record (of the node named ``node``, if given) is an answer a later tier gave
+    confidently after the first tier escalated: a label to distil into the first tier."""
+    if node is not None and trace.get("node") != node:
+        return False
+    attempts = trace.get("attempts") or []
+    first = attempts[0]["tier"] if attempts else None
+    return bool(trace.get("ok")) and trace.get("accepted") == "confident" and trace.get("tier") not in (None, first)
+
+
 def training_set(
     task: Task,
     *,
@@ -132,11 +142,7 @@ def training_set(
         if "input" in r and "expected" in r:
             add(str(r["input"]), r["expected"], "gold", str(r.get("id", "")))
     for t in traces:
-        if node is not None and t.get("node") != node:
-            continue
-        attempts = t.get("attempts") or []
-        first = attempts[0]["tier"] if attempts else None
-        if t.get("ok") and t.get("accepted") == "confident" and t.get("tier") not in (None, first):
+        if distillable(t, node):
             add(str(t.get("input_text", "")), t.get("value"), "distilled", f"trace:{t.get('tier')}")
     examples = list(seen.values())
     counts["gold"] = sum(e.source == "gold" for e in examples)
@@ -199,10 +205,8 @@ def reader_training_set(
         return True
 
     for t in traces:
-        value, attempts = t.get("value") or {}, t.get("attempts") or []
-        first = attempts[0]["tier"] if attempts else None
-        confident = t.get("ok") and t.get("accepted") == "confident" and t.get("tier") not in (None, first)
-        if (node is not None and t.get("node") != node) or not confident or not isinstance(value, dict):
+        value = t.get("value")
+        if not distillable(t, node) or not isinstance(value, dict):
             continue
         question = " ".join(str(t.get("input_text", "")).split())
         cited = [task.corpus.get(c) for c in value.get("citations") or []]
