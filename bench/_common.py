@@ -26,6 +26,36 @@ def parser(description: str, default_data: Path) -> argparse.ArgumentParser:
     return p
 
 
+def add_tune_arguments(p: argparse.ArgumentParser, *, max_len: int | None = None) -> None:
+    """The LoRA settings of the tuning benchmarks, defaulting to the library's own (not copies)."""
+    from agentkit.tune import TuneConfig
+
+    defaults = TuneConfig()
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--rank", type=int, default=defaults.rank)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
+    p.add_argument("--targets", default=",".join(defaults.target_modules), help="modules the adapter adapts")
+    p.add_argument("--max-len", type=int, default=max_len or defaults.max_len,
+                   help="prompt + reply tokens; longer examples are left out")  # fmt: skip
+    p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
+
+
+def tune_config(args: argparse.Namespace) -> Any:
+    """The :class:`agentkit.tune.TuneConfig` of :func:`add_tune_arguments`' options (alpha = 2 × rank)."""
+    from agentkit.tune import TuneConfig
+
+    return TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
+                      minutes=args.minutes, layers=args.layers, max_len=args.max_len,
+                      target_modules=tuple(args.targets.split(",")))  # fmt: skip
+
+
+def print_step(step: int, total: int, loss: float) -> None:
+    """A training progress line (``on_step`` of :func:`agentkit.tune.train`)."""
+    print(f"\rstep {step}/{total} loss {loss:.3f}", end="", flush=True)
+
+
 def evaluate(node: Any, records: list[dict], args: argparse.Namespace, **kw: Any) -> dict[str, Any]:
     """``agentkit eval``'s computation on ``node`` (one way to get every number), printed like it."""
     from agentkit.evaluate import evaluate_node

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _common import DATASETS, emit, evaluate, parser, print_table
+from _common import DATASETS, add_tune_arguments, emit, evaluate, parser, print_step, print_table, tune_config
 from classify import INSTRUCTIONS, verbalizer
 
 from agentkit import Classify, Node, Policy
 from agentkit.data import normalize_text, read_jsonl, sample, split_records
-from agentkit.tune import TuneConfig, base_model, comparison, train, training_set
+from agentkit.tune import base_model, comparison, train, training_set
 
 
 def main() -> None:
@@ -35,14 +35,7 @@ def main() -> None:
     p.add_argument("--tuned-verbalize", default=None,
                    help="the label words the tuned tier is trained on and writes (default: --verbalize's)")  # fmt: skip
     p.add_argument("--train", type=int, default=960, help="training examples (train side)")
-    defaults = TuneConfig()  # the library's defaults, not a copy of them
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch", type=int, default=defaults.batch)
-    p.add_argument("--rank", type=int, default=defaults.rank)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
-    p.add_argument("--targets", default=",".join(defaults.target_modules), help="modules the adapter adapts")
-    p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
+    add_tune_arguments(p)
     p.add_argument("--out", type=Path, default=Path("runs/tune"))
     p.add_argument("--eval-data", type=Path, default=None,
                    help="evaluate on this file's records instead of the test side of --data's split "
@@ -70,12 +63,8 @@ def main() -> None:
     if not (out / "tune.json").is_file():
         pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
         data = training_set(task.variant(**tuned_settings), records=pool, seed=args.seed)
-        config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
-                            minutes=args.minutes, layers=args.layers,
-                            target_modules=tuple(args.targets.split(",")))  # fmt: skip
         report = train(
-            data, base_model(stock.tiers[0].spec), out, config,
-            on_step=lambda s, n, loss: print(f"\rstep {s}/{n} loss {loss:.3f}", end="", flush=True),
+            data, base_model(stock.tiers[0].spec), out, tune_config(args), on_step=print_step,
             bind={"tier_index": 0, "stock_spec": stock.tiers[0].spec, "task": tuned_settings},
         )  # fmt: skip
         print()

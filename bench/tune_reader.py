@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _common import DATASETS, ROOT, emit, evaluate, parser, print_table
+from _common import DATASETS, ROOT, add_tune_arguments, emit, evaluate, parser, print_step, print_table, tune_config
 
 from agentkit import Node, Policy
 from agentkit.corpus import Corpus
 from agentkit.data import normalize_text, read_jsonl, sample
 from agentkit.tasks.grounded import GroundedAnswer
-from agentkit.tune import TuneConfig, base_model, comparison, reader_training_set, train
+from agentkit.tune import base_model, comparison, reader_training_set, train
 
 SQUAD = DATASETS / "squad_v2_normans"
 TRAIN = ROOT / "bench" / "data" / "squad_v2_train10"
@@ -40,15 +40,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=100_000, help="training questions (of --train-data)")
     p.add_argument("--k", type=int, default=2, help="passages retrieved per question")
     p.add_argument("--negatives", type=int, default=1, help="retrieved passages of other paragraphs per question")
-    defaults = TuneConfig()
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch", type=int, default=defaults.batch)
-    p.add_argument("--rank", type=int, default=defaults.rank)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--layers", type=int, default=None, help="adapt only the last N decoder layers")
-    p.add_argument("--targets", default=",".join(defaults.target_modules), help="modules the adapter adapts")
-    p.add_argument("--max-len", type=int, default=512, help="prompt + reply tokens; longer examples left out")
-    p.add_argument("--minutes", type=float, default=30.0, help="time budget for the training steps")
+    add_tune_arguments(p, max_len=512)
     p.add_argument("--out", type=Path, default=Path("runs/tune_reader"))
     args = p.parse_args()
 
@@ -67,12 +59,8 @@ def main() -> None:
             train_side_only=False,
         )  # fmt: skip  (other articles than the evaluated ones: both sides of the split)
         print(f"training examples: {len(data.examples)} {data.counts}")
-        config = TuneConfig(steps=args.steps, batch=args.batch, rank=args.rank, alpha=2 * args.rank, lr=args.lr,
-                            minutes=args.minutes, layers=args.layers, max_len=args.max_len,
-                            target_modules=tuple(args.targets.split(",")))  # fmt: skip
         train(
-            data, base_model(tiers[0]), out, config,
-            on_step=lambda s, n, loss: print(f"\rstep {s}/{n} loss {loss:.3f}", end="", flush=True),
+            data, base_model(tiers[0]), out, tune_config(args), on_step=print_step,
             bind={"tier_index": 0, "stock_spec": tiers[0], "task": {}},
         )  # fmt: skip
         print()
