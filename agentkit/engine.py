@@ -115,4 +115,9 @@ class Engine(Protocol):
         self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
     ) -> Generation: ...
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores: ...
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
+        """Log-probability of each continuation being the whole reply. ``margin``: the engine may stop
+        decoding a continuation once it is that many nats below the best, reporting an upper bound."""
+        ...

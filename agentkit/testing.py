@@ -69,7 +69,9 @@ class FakeEngine:
         )
         return Generation(text=text, finish_reason=finish, token_probs=probs, offsets=offsets, usage=usage)  # type: ignore[arg-type]
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
         self.calls.append(messages)
         chosen = self._next()
         n = len(continuations)

@@ -87,8 +87,9 @@ class Tier:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """Where a tuned tier's adapter came from: its file, sha256 and the ``tune.json`` beside it
-        (data hash, base model hash, settings). Empty for a stock tier. Recorded in every attempt."""
+        """Where a tuned tier's adapter (or merged model) came from: its file, sha256 and the
+        ``tune.json`` beside it (data hash, base model hash, settings). Empty for a stock tier.
+        Recorded in every attempt."""
         if self._provenance is None:
             self._provenance = _provenance(self.spec)
         return self._provenance
@@ -132,10 +133,13 @@ def _provenance(spec: str) -> dict[str, Any]:
 
     opts = {k: v[-1] for k, v in parse_qs(spec.partition("?")[2]).items()}
     where = opts.get("lora") or opts.get("adapter")
+    kind, _, rest = spec.partition("?")[0].partition(":")
+    if not where and kind == "gguf" and (Path(rest).expanduser().parent / "tune.json").is_file():
+        where = rest  # a merged tuned model (agentkit.tune.merge_to_gguf) beside its tune.json
     if not where:
         return {}
     path = Path(where).expanduser()
-    out: dict[str, Any] = {"adapter": str(path)}
+    out: dict[str, Any] = {"model" if where == rest else "adapter": str(path)}
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if files:  # an adapter folder: the hash of its weight files' hashes
         digests = [sha256_file(f) for f in files]
@@ -310,7 +314,7 @@ class _RulesOnly:
     def generate(self, messages, constraint, *, max_tokens, prefix=0):  # type: ignore[no-untyped-def]
         raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
-    def score(self, messages, continuations, *, prefix=0):  # type: ignore[no-untyped-def]
+    def score(self, messages, continuations, *, prefix=0, margin=None):  # type: ignore[no-untyped-def]
         raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
 
@@ -359,8 +363,8 @@ class _Lazy:
     def generate(self, messages, constraint, *, max_tokens, prefix=0):  # type: ignore[no-untyped-def]
         return self.inner.generate(messages, constraint, max_tokens=max_tokens, prefix=prefix)
 
-    def score(self, messages, continuations, *, prefix=0):  # type: ignore[no-untyped-def]
-        return self.inner.score(messages, continuations, prefix=prefix)
+    def score(self, messages, continuations, *, prefix=0, margin=None):  # type: ignore[no-untyped-def]
+        return self.inner.score(messages, continuations, prefix=prefix, margin=margin)
 
     def close(self) -> None:
         """Close the engine if it was made; the next call makes it again."""

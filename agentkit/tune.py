@@ -13,8 +13,10 @@ records, and bind the tuned model to the node (``pip install 'agentkit[hf]'``).
    and rerun: it resumes), and saves the adapter with its training config, data hash and metrics.
 3. :func:`adapter_to_gguf` writes the adapter as a GGUF LoRA (with the ``gguf`` package's own
    tensor-name map), which llama.cpp applies to the original quantized model:
-   ``embedded:qwen2.5-0.5b?lora=ADAPTER.gguf``. The same adapter folder serves through
-   transformers (``hf:qwen2.5-0.5b?adapter=DIR``) and vLLM (``vllm-offline:...?adapter=DIR``).
+   ``embedded:qwen2.5-0.5b?lora=ADAPTER.gguf``, and :func:`merge_to_gguf` folds it into a copy of
+   that model (``gguf:OUT/merged.gguf``, what :func:`tuned_tier` serves: no per-token LoRA work).
+   The same adapter folder serves through transformers (``hf:qwen2.5-0.5b?adapter=DIR``) and
+   vLLM (``vllm-offline:...?adapter=DIR``).
 
 torch, transformers and peft are imported inside the functions that need them.
 """
@@ -337,7 +339,8 @@ def train(
     bind: Mapping[str, Any] | None = None,
 ) -> TuneReport:
     """Train a LoRA adapter for the model file ``base`` (a GGUF, dequantized to fp32) on ``data``;
-    write ``out/adapter`` (peft), ``out/adapter.gguf`` (llama.cpp) and ``out/tune.json``.
+    write ``out/adapter`` (peft), ``out/adapter.gguf`` (llama.cpp's LoRA), ``out/merged.gguf`` (the
+    model with the adapter folded in) and ``out/tune.json``.
 
     ``out/checkpoint`` holds the adapter, optimizer and data order every ``save_every`` steps and on
     Ctrl-C; calling again with the same data and config resumes from it."""
@@ -423,6 +426,9 @@ def train(
     model.save_pretrained(str(out / "adapter"))
     seconds = time.perf_counter() - t0
     gguf_path = adapter_to_gguf(out / "adapter", out / "adapter.gguf", base) if gguf else None
+    if gguf_path is not None:
+        (out / "merged.gguf").unlink(missing_ok=True)  # a resumed or repeated run: not the old weights
+        merge_to_gguf(gguf_path, base, out / "merged.gguf")
     report = TuneReport(
         adapter=str(out / "adapter"),
         adapter_gguf=str(gguf_path) if gguf_path else None,
@@ -700,6 +706,60 @@ def adapter_to_gguf(adapter_dir: str | Path, out: str | Path, base: str | Path) 
     return out
 
 
+def merge_to_gguf(adapter_gguf: str | Path, base: str | Path, out: str | Path) -> Path:
+    """Fold a GGUF LoRA into a copy of its GGUF model: each adapted weight becomes
+    ``W + alpha/r * B @ A`` (``W`` dequantized), stored as Q8_0; every other tensor and all metadata
+    are copied as they are. The merged model answers as the adapter on the base does (to within
+    Q8_0 rounding) without llama.cpp's two extra matrix products per adapted weight and token."""
+    try:
+        import gguf
+        import numpy as np
+    except ImportError as e:
+        raise ModelUnavailableError("merging an adapter needs gguf", hint="pip install 'agentkit[hf]'") from e
+    adapter_gguf, base, out = Path(adapter_gguf), Path(base), Path(out)
+    lora = gguf.GGUFReader(str(adapter_gguf))
+    alpha = float(_field(lora, gguf.Keys.Adapter.LORA_ALPHA))
+    parts = {t.name: np.asarray(t.data, dtype=np.float32) for t in lora.tensors}
+    reader = gguf.GGUFReader(str(base))
+    arch = _field(reader, "general.architecture")
+    tmp = out.with_name(out.name + ".part")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    for name, f in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        if name == "general.alignment":
+            writer.add_custom_alignment(int(f.contents()))
+            continue
+        vtype = f.types[0]
+        sub_type = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, f.contents(), vtype, sub_type=sub_type)
+    writer.add_string("agentkit.merged_adapter.sha256", sha256_file(adapter_gguf))
+    merged = 0
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for t in reader.tensors:
+        a, b = parts.get(t.name + ".lora_a"), parts.get(t.name + ".lora_b")
+        if a is None or b is None:
+            quantized = t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type if quantized else None)
+            continue
+        weight = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        delta = (alpha / a.shape[0]) * (b @ a)
+        if delta.shape != weight.shape:
+            raise ConfigError(f"adapter tensor for {t.name} has shape {delta.shape}, the model {weight.shape}")
+        writer.add_tensor(t.name, gguf.quants.quantize(weight + delta, q8), raw_dtype=q8)
+        merged += 1
+    if not merged:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{adapter_gguf} adapts no tensor of {base.name}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(out)
+    return out
+
+
 def _field(reader: Any, key: str) -> Any:
     f = reader.fields.get(key)
     if f is None:
@@ -735,11 +795,15 @@ def tunable_tier(node: Any) -> int:
     raise ConfigError(f"node {node.name!r} has no embedded:/gguf: tier to tune")
 
 
-def tuned_tier(out: str | Path, *, engine: Literal["llamacpp", "hf", "vllm-offline"] = "llamacpp") -> Any:
-    """The tuned model in ``out`` (a :func:`train` folder) as a tier: the GGUF LoRA on the original
-    quantized model through llama.cpp (as served), or the peft adapter through transformers or
-    in-process vLLM (``enable_lora``). A vLLM *server* serves the same adapter folder with
-    ``--enable-lora --lora-modules NAME=ADAPTER_DIR``; its tier is then ``vllm:URL?model=NAME``."""
+def tuned_tier(
+    out: str | Path, *, engine: Literal["llamacpp", "hf", "vllm-offline"] = "llamacpp", merged: bool = True
+) -> Any:
+    """The tuned model in ``out`` (a :func:`train` folder) as a tier: through llama.cpp (as served)
+    the merged model (``merged.gguf``, written from the adapter if missing: :func:`merge_to_gguf`)
+    or, ``merged=False``, the GGUF LoRA on the original quantized model; or the peft adapter
+    through transformers or in-process vLLM (``enable_lora``). A vLLM *server* serves the same
+    adapter folder with ``--enable-lora --lora-modules NAME=ADAPTER_DIR``; its tier is then
+    ``vllm:URL?model=NAME``."""
     from agentkit.tier import Tier
 
     out = Path(out).resolve()
@@ -750,7 +814,13 @@ def tuned_tier(out: str | Path, *, engine: Literal["llamacpp", "hf", "vllm-offli
     if engine == "llamacpp":
         if not meta.get("adapter_gguf"):
             raise ConfigError(f"{out} has no adapter.gguf", hint="train with gguf=True")
-        spec = f"{kind}:{target}?" + "&".join([*filter(None, [query]), f"lora={meta['adapter_gguf']}"])
+        if merged:
+            path = out / "merged.gguf"
+            if not path.is_file():
+                merge_to_gguf(meta["adapter_gguf"], base_model(stock), path)
+            spec = f"gguf:{path}" + (f"?{query}" if query else "")
+        else:
+            spec = f"{kind}:{target}?" + "&".join([*filter(None, [query]), f"lora={meta['adapter_gguf']}"])
     elif engine in ("hf", "vllm-offline"):
         spec = f"{engine}:{target if kind == 'embedded' else base_model(stock)}?adapter={meta['adapter']}"
     else:
@@ -758,18 +828,18 @@ def tuned_tier(out: str | Path, *, engine: Literal["llamacpp", "hf", "vllm-offli
     return Tier(spec, task=dict(meta["bind"].get("task", {})), name=f"tuned:{out.name}")
 
 
-def bind(node: Any, out: str | Path) -> Any:
+def bind(node: Any, out: str | Path, *, merged: bool = True) -> Any:
     """Put the tuned model in ``out`` in place of the stock tier it was trained from; returns it."""
     meta = _tune_meta(Path(out))
     index = int(meta["bind"]["tier_index"])
     if index >= len(node.tiers) or node.tiers[index].spec != meta["bind"]["stock_spec"]:
         raise ConfigError(f"node {node.name!r} has no tier {meta['bind']['stock_spec']!r} at {index} to replace")
-    tier = tuned_tier(out)
+    tier = tuned_tier(out, merged=merged)
     node.tiers[index] = tier
     return tier
 
 
-def comparison(node: Any, out: str | Path) -> tuple[Any, dict[str, list[int]]]:
+def comparison(node: Any, out: str | Path, *, merged: bool = True) -> tuple[Any, dict[str, list[int]]]:
     """A copy of ``node`` whose ladder holds the stock *and* the tuned small tier, and the two
     sub-ladders to compare (``stock``, ``tuned``): each small tier under the same tiers above it,
     evaluated side by side in one :func:`~agentkit.evaluate.evaluate_node` run."""
@@ -779,7 +849,7 @@ def comparison(node: Any, out: str | Path) -> tuple[Any, dict[str, list[int]]]:
     index = int(meta["bind"]["tier_index"])
     if index >= len(node.tiers) or node.tiers[index].spec != meta["bind"]["stock_spec"]:
         raise ConfigError(f"node {node.name!r} has no tier {meta['bind']['stock_spec']!r} at {index}")
-    tiers = [*node.tiers[: index + 1], tuned_tier(out), *node.tiers[index + 1 :]]
+    tiers = [*node.tiers[: index + 1], tuned_tier(out, merged=merged), *node.tiers[index + 1 :]]
     twin = Node(node.task, tiers, node.policy, name=node.name)
     rest = list(range(index + 2, len(tiers)))
     below = list(range(index))

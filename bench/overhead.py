@@ -19,7 +19,7 @@ import pydantic
 from _common import DATASETS, emit, parser, print_table
 
 from agentkit import Classify, Constraint
-from agentkit.backends.llamacpp import LlamaCppEngine
+from agentkit.backends.llamacpp import LlamaCppEngine, load_llama
 from agentkit.data import read_jsonl, sample, split_records
 from agentkit.embedded import model_path
 
@@ -34,7 +34,6 @@ def main() -> None:
     p.add_argument("--static", type=int, default=8, help="examples per label in the fixed prefix")
     args = p.parse_args()
     import outlines
-    from llama_cpp import Llama
 
     split = split_records(read_jsonl(args.data), seed=args.seed)
     items = [r["input"] for r in sample(split.test, args.limit, seed=args.seed)]
@@ -48,7 +47,7 @@ def main() -> None:
     path = model_path("qwen2.5-0.5b")
     cached = LlamaCppEngine(path)
     nocache = LlamaCppEngine(path, prefix_cache=False)
-    raw = outlines.from_llamacpp(Llama(str(path), n_ctx=4096, n_threads=2, verbose=False), chat_mode=False)
+    raw = outlines.from_llamacpp(load_llama(path, n_ctx=4096, n_threads=2, verbose=False), chat_mode=False)
     fixed = len(task.fixed_messages())
 
     constraints = {

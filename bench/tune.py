@@ -40,6 +40,11 @@ def main() -> None:
     p.add_argument("--eval-data", type=Path, default=None,
                    help="evaluate on this file's records instead of the test side of --data's split "
                         "(e.g. bench/data/banking77_test.jsonl, records not in ../shared/datasets)")  # fmt: skip
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="serve the tuned tier as the GGUF LoRA on the stock model, not the merged model",
+    )
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -69,7 +74,7 @@ def main() -> None:
         )  # fmt: skip
         print()
     meta = json.loads((out / "tune.json").read_text())
-    node, ladders = comparison(stock, out)
+    node, ladders = comparison(stock, out, merged=not args.lora)
     held_out = split.test
     if args.eval_data:
         trained_on = {normalize_text(r["input"]) for r in split.train}

@@ -191,7 +191,7 @@ def test_headline_says_when_the_large_tier_is_not_better():
 def test_evaluate_node_splits_calibrates_and_resumes(tmp_path):
     # small: right on "a"-texts with high confidence, wrong (says a) on "b"-texts with low confidence
     class Scripted(FakeEngine):
-        def score(self, messages, continuations, *, prefix=0):
+        def score(self, messages, continuations, *, prefix=0, margin=None):
             text = messages[-1]["content"]
             self.replies = ["a"]
             self.confidence = 0.95 if "alpha" in text else 0.6

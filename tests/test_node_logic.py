@@ -409,3 +409,13 @@ def test_a_tier_can_write_the_labels_in_its_own_words():
     )
     with pytest.raises(ConfigError):
         task.variant(verbalizer={"card_arrival": "same", "top_up_failed": "same"})
+
+
+def test_llamacpp_extra_weight_buffers_follow_the_environment(monkeypatch):
+    """AMX CPUs load without llama.cpp's extra buffers (they segfault there); the variable decides either way."""
+    from agentkit.backends.llamacpp import _avoid_extra_buffers
+
+    monkeypatch.setenv("AGENTKIT_LLAMA_EXTRA_BUFFERS", "0")
+    assert _avoid_extra_buffers()
+    monkeypatch.setenv("AGENTKIT_LLAMA_EXTRA_BUFFERS", "1")
+    assert not _avoid_extra_buffers()

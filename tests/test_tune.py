@@ -164,6 +164,7 @@ def test_training_resumes_and_records_what_it_trained_on(tuned):
     meta = json.loads((out / "tune.json").read_text())
     assert meta["bind"]["stock_spec"] == STOCK and meta["config"]["rank"] == 4
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter.gguf").is_file()
+    assert (out / "merged.gguf").is_file()
 
 
 def test_the_gguf_adapter_changes_llamacpp_and_agrees_with_peft(tuned, small, sms):
@@ -171,17 +172,22 @@ def test_the_gguf_adapter_changes_llamacpp_and_agrees_with_peft(tuned, small, sm
 
     out, _, _ = tuned
     task = Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0)
-    served = tuned_tier(out)  # the GGUF LoRA on the original Q4 model, in llama.cpp
+    served = tuned_tier(out, merged=False)  # the GGUF LoRA on the original Q4 model, in llama.cpp
     assert served.spec.startswith(f"{STOCK}?lora=") and served.task == {"k": 0}
+    merged = tuned_tier(out)  # the adapter folded into a copy of the model: what is served by default
+    assert merged.spec == f"gguf:{out.resolve() / 'merged.gguf'}" and merged.task == {"k": 0}
     reference = tuned_tier(out, engine="hf")  # the same adapter through transformers + peft
     moved = 0
     for r in sms["test"][:3]:
         stock = task.answer(small, r["input"]).details["distribution"]["spam"]
         lora = task.answer(served.engine, r["input"]).details["distribution"]["spam"]
+        folded = task.answer(merged.engine, r["input"]).details["distribution"]["spam"]
         peft = task.answer(reference.engine, r["input"]).details["distribution"]["spam"]
         assert abs(lora - peft) < 0.08, (lora, peft)  # the conversion is right (Q4 vs fp32 base: close)
+        assert abs(folded - lora) < 0.03, (folded, lora)  # merging is right (Q8_0 rounding of the sum)
         moved += abs(lora - stock) > 0.02
     assert moved >= 2  # eight steps at lr 1e-3 move the label distribution
+    assert merged.provenance["tune"]["data_sha256"] and len(merged.provenance["sha256"]) == 64
 
 
 def test_bound_to_the_node_with_provenance_and_compared_side_by_side(tuned, node, sms):
@@ -227,13 +233,13 @@ def test_agentkit_tune_cli_end_to_end(tmp_path, sms):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training examples: " in done.stderr and "2 steps" in done.stderr
     config = (tmp_path / "agentkit.toml").read_text()
-    assert "lora=" in config and "k = 0" in config
+    assert "merged.gguf" in config and "k = 0" in config
     from agentkit.config import apply
     from agentkit.runner import load_target
 
     node = load_target(f"{app}:node")
     apply(tmp_path / "agentkit.toml", [node])
-    assert "lora=" in node.tiers[0].spec and node.tiers[0].task == {"k": 0, "static_per_label": 0}
+    assert node.tiers[0].spec.endswith("merged.gguf") and node.tiers[0].task == {"k": 0, "static_per_label": 0}
 
 
 def test_the_time_budget_stops_training_and_keeps_the_adapter(node, sms, tmp_path):

@@ -173,5 +173,7 @@ class InstructorEngine:
             usage=usage,
         )
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
         raise ConfigError(f"{self.name} cannot score continuations")

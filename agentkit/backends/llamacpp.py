@@ -10,8 +10,11 @@ compiles each constraint once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,59 @@ from agentkit.backends.tokens import SpanProcessor, TokenEngine, word_boundaries
 from agentkit.engine import Capabilities, Message
 from agentkit.errors import EngineError, ModelUnavailableError
 
-__all__ = ["LlamaCppEngine", "SpanProcessor", "word_boundaries"]
+__all__ = ["LlamaCppEngine", "SpanProcessor", "load_llama", "word_boundaries"]
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+def _avoid_extra_buffers() -> bool:
+    """Whether to load weights without llama.cpp's extra buffer types (AMX, CPU repacking).
+
+    On CPUs with AMX, ggml moves Q4_K weights into an AMX buffer whose matrix product segfaults
+    on some machines (ggml-org/llama.cpp#20824; measured here on a 2-vCPU Sapphire Rapids guest:
+    the first decode of the stock 0.5B crashes the process). So AMX CPUs load without them.
+    ``AGENTKIT_LLAMA_EXTRA_BUFFERS=1`` / ``=0`` decides it either way."""
+    forced = os.environ.get("AGENTKIT_LLAMA_EXTRA_BUFFERS")
+    if forced is not None:
+        return forced.strip().lower() in ("0", "false", "no", "off")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_buffers: bool) -> Iterator[None]:
+    """``llama_cpp.Llama`` builds its model parameters itself; this sets ``use_extra_bufts`` in them."""
+    if extra_buffers:
+        yield
+        return
+    import llama_cpp.llama_cpp as low
+
+    with _PARAMS_LOCK:
+        default = low.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = default
+
+
+def load_llama(model_path: str | Path, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(model_path, **kwargs)``, without llama.cpp's extra weight buffers on CPUs
+    where they crash (:func:`_avoid_extra_buffers`). Load every model through this."""
+    import llama_cpp
+
+    with _model_params(extra_buffers=not _avoid_extra_buffers()):
+        return llama_cpp.Llama(model_path=str(model_path), **kwargs)
 
 
 class LlamaCppEngine(TokenEngine):
@@ -78,8 +133,8 @@ class LlamaCppEngine(TokenEngine):
         if not self.model_path.is_file():
             raise ModelUnavailableError(f"model file not found: {self.model_path}")
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
+            llm = load_llama(
+                self.model_path,
                 n_ctx=self._n_ctx,
                 n_threads=self._n_threads,
                 n_batch=self._n_batch,

@@ -160,7 +160,9 @@ class OpenAIServerEngine:
         self._setup()
         return self._generate(messages, constraint, max_tokens=max_tokens)
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
         """Label scoring from ``prompt_logprobs`` (vLLM): the chat prompt tokenized by the server
         (``/tokenize``), each continuation + the end-of-turn marker appended, every sequence sent in
         one ``/completions`` request with ``max_tokens=1``; the log-probability of a continuation is

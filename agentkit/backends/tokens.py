@@ -11,6 +11,7 @@ their decoded prefixes.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -297,11 +298,18 @@ class TokenEngine:
                 stop_prob=stop_prob,
             )
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
         """Log-probability that the assistant's reply is exactly each continuation
         (its tokens and the end-of-turn marker).
 
-        Continuations that share leading tokens share their decoded cache entries."""
+        Continuations that share leading tokens share their decoded cache entries. With a
+        ``margin``, a continuation whose first tokens already make it ``margin`` nats less likely
+        than the best one scored so far is not decoded further: its log-probability is reported as
+        that upper bound (a log-probability only falls as tokens are added), so the best
+        continuation and its share of the probability are exact to within ``e**-margin`` per
+        pruned continuation, and the share is never overstated. Most likely first tokens go first."""
         with self._lock:
             self._load()
             t0 = time.perf_counter()
@@ -311,17 +319,26 @@ class TokenEngine:
             first = log_softmax(logits)
             eot = self._end_of_turn()
             encoded = [self._tokenize(c + eot, first=False) for c in continuations]
-            order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+            for c, ct in zip(continuations, encoded, strict=True):
+                if not ct:
+                    raise ValueError(f"continuation {c!r} has no tokens")
+            if margin is None:
+                order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+            else:  # likeliest first token first; the same first token stays together, in token order
+                order = sorted(range(len(encoded)), key=lambda i: (-float(first[encoded[i][0]]), encoded[i]))
             totals = [0.0] * len(encoded)
+            best = -math.inf
             prev: list[int] = []
             prev_rows = np.empty((0, self._n_vocab), dtype=np.float32)
             decoded = 0
             for i in order:
                 ct = encoded[i]
-                if not ct:
-                    raise ValueError(f"continuation {continuations[i]!r} has no tokens")
                 body = ct[:-1]
                 keep = lcp(prev, body)
+                bound = float(first[ct[0]]) + sum(float(prev_rows[j - 1][ct[j]]) for j in range(1, keep + 1))
+                if margin is not None and bound < best - margin:
+                    totals[i] = bound
+                    continue
                 self._truncate(base + keep)
                 rows = prev_rows[:keep]
                 if len(body) > keep:
@@ -329,6 +346,7 @@ class TokenEngine:
                     decoded += len(body) - keep
                 prev, prev_rows = body, rows
                 totals[i] = float(first[ct[0]]) + sum(float(rows[j - 1][ct[j]]) for j in range(1, len(ct)))
+                best = max(best, totals[i])
             self._truncate(base)
             usage = Usage(
                 prompt_tokens=len(tokens),

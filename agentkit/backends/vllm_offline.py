@@ -234,7 +234,9 @@ class VLLMOfflineEngine:
             stop_prob=stop_prob,
         )
 
-    def score(self, messages: list[Message], continuations: list[str], *, prefix: int = 0) -> Scores:
+    def score(
+        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+    ) -> Scores:
         """Log-probability that the reply is exactly each continuation (and the end-of-turn marker),
         from ``prompt_logprobs`` over the prompt + continuation; all continuations in one batch."""
         from vllm import SamplingParams

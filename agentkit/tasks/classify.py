@@ -48,6 +48,7 @@ class Classify(Task):
         seed: int = 0,
         abstain_label: str | None = None,
         list_labels: bool = True,
+        score_margin: float | None = 10.0,
     ) -> None:
         """
         Args:
@@ -71,6 +72,10 @@ class Classify(Task):
             list_labels: list the labels in the system prompt. A tuned model has learnt them: without
                 the list (``Tier(..., task={"list_labels": False})``) its prompt is a few tokens, not
                 hundreds, which is what makes 77-way tuning and answering fast.
+            score_margin: stop decoding a label once its first tokens make it this many nats less
+                likely than the best label so far (its probability is then at most ``e**-margin`` of
+                the best's; the confidence reported is never higher than the exact one). A confident
+                model decodes only the labels that begin like its answer. ``None``: decode every label.
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
@@ -86,6 +91,7 @@ class Classify(Task):
             raise ConfigError("labels must be unique")
         self.instructions = instructions
         self.list_labels = list_labels
+        self.score_margin = score_margin
         self.k = k
         self.shortlist = shortlist
         self.example_chars = example_chars
@@ -188,7 +194,9 @@ class Classify(Task):
         return seen
 
     def _distribution(self, engine: Engine, msgs: list[Message], labels: list[str]) -> tuple[dict[str, float], Any]:
-        scored = engine.score(msgs, [self.verbalizer[c] for c in labels], prefix=len(self.fixed_messages()))
+        margin = None if self.calibrate else self.score_margin  # calibration reorders: bounds would not hold
+        words = [self.verbalizer[c] for c in labels]
+        scored = engine.score(msgs, words, prefix=len(self.fixed_messages()), margin=margin)
         logps = dict(zip(labels, scored.logprobs, strict=True))
         if self.calibrate:
             prior = self.prior(engine)
@@ -275,6 +283,7 @@ class Classify(Task):
             "k": self.k,
             "list_labels": self.list_labels,
             "shortlist": self.shortlist,
+            "score_margin": self.score_margin,
             "static_per_label": self.static_per_label,
             "example_chars": self.example_chars,
             "verbalizer": self.verbalizer,
