@@ -45,6 +45,9 @@ def main() -> None:
         action="store_true",
         help="serve the tuned tier as the GGUF LoRA on the stock model, not the merged model",
     )
+    p.add_argument("--tuned-shortlist", default=None,
+                   help="the tuned tier's shortlist: N labels of the retrieved examples, or 'none': score every "
+                        "label (no retrieval; pruned label scoring decodes only the likely ones)")  # fmt: skip
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -75,6 +78,9 @@ def main() -> None:
         print()
     meta = json.loads((out / "tune.json").read_text())
     node, ladders = comparison(stock, out, merged=not args.lora)
+    if args.tuned_shortlist is not None:
+        tuned = next(t for t in node.tiers if t.name.startswith("tuned:"))
+        tuned.task = {**tuned.task, "shortlist": None if args.tuned_shortlist == "none" else int(args.tuned_shortlist)}
     held_out = split.test
     if args.eval_data:
         trained_on = {normalize_text(r["input"]) for r in split.train}

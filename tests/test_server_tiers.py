@@ -26,10 +26,10 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")  # stopped after this module: an idle server's threads still take CPU
 def llama_server(tmp_path_factory):
-    """llama-cpp-python's server on the embedded 0.5B GGUF."""
+    """llama-cpp-python's server (through agentkit's launcher: AMX-safe loading) on the embedded 0.5B GGUF."""
     from agentkit.embedded import model_path
 
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
+    cmd = [sys.executable, "-m", "agentkit.backends.llamacpp_server", "--model", str(model_path("qwen2.5-0.5b")),
            "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "4096", "--model_alias", "qwen-0.5b"]  # fmt: skip
     with serving(cmd, tmp_path_factory.mktemp("llama_server") / "server.log") as url:
         yield url
@@ -264,7 +264,7 @@ def test_killing_the_server_mid_batch_loses_no_item(tmp_path):
     """llama-cpp-python's server killed while a batch is in flight: every item ends answered or failed."""
     from agentkit.embedded import model_path
 
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path("qwen2.5-0.5b")),
+    cmd = [sys.executable, "-m", "agentkit.backends.llamacpp_server", "--model", str(model_path("qwen2.5-0.5b")),
            "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "2048", "--model_alias", "qwen-0.5b"]  # fmt: skip
     with serving(cmd, tmp_path / "server.log") as url:
         node = Node(
@@ -278,7 +278,7 @@ def test_killing_the_server_mid_batch_loses_no_item(tmp_path):
         runner.start()
         time.sleep(4)  # a few answered, the rest in flight or queued
         port = urllib.parse.urlparse(url).port
-        found = subprocess.run(["pgrep", "-f", f"llama_cpp.server .*--port {port} "], capture_output=True, text=True)
+        found = subprocess.run(["pgrep", "-f", f"llamacpp_server .*--port {port} "], capture_output=True, text=True)
         os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
         runner.join(timeout=300)
     assert not runner.is_alive() and [r.input_text for r in out] == texts
