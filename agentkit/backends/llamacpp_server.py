@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import runpy
 
-from agentkit.backends.llamacpp import _avoid_extra_buffers
+from agentkit.backends.llamacpp import _avoid_extra_buffers, _model_params
 
 
 def main() -> None:
-    if _avoid_extra_buffers():
-        import llama_cpp.llama_cpp as low
-
-        default = low.llama_model_default_params
-
-        def params():  # type: ignore[no-untyped-def]
-            p = default()
-            p.use_extra_bufts = False
-            return p
-
-        low.llama_model_default_params = params  # this process only serves: for every model it loads
-    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+    # the server loads its models inside this block: it runs until the process ends
+    with _model_params(extra_buffers=not _avoid_extra_buffers()):
+        runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

@@ -335,6 +335,7 @@ class TokenEngine:
                 ct = encoded[i]
                 body = ct[:-1]
                 keep = lcp(prev, body)
+                # the shared prefix's tokens are already scored: an upper bound, and the start of the total
                 bound = float(first[ct[0]]) + sum(float(prev_rows[j - 1][ct[j]]) for j in range(1, keep + 1))
                 if margin is not None and bound < best - margin:
                     totals[i] = bound
@@ -345,7 +346,7 @@ class TokenEngine:
                     rows = np.concatenate([rows, log_softmax(self._extend(body[keep:], all_logits=True))])
                     decoded += len(body) - keep
                 prev, prev_rows = body, rows
-                totals[i] = float(first[ct[0]]) + sum(float(rows[j - 1][ct[j]]) for j in range(1, len(ct)))
+                totals[i] = bound + sum(float(rows[j - 1][ct[j]]) for j in range(keep + 1, len(ct)))
                 best = max(best, totals[i])
             self._truncate(base)
             usage = Usage(
