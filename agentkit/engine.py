@@ -118,6 +118,7 @@ class Engine(Protocol):
     def score(
         self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
     ) -> Scores:
-        """Log-probability of each continuation being the whole reply. ``margin``: the engine may stop
-        decoding a continuation once it is that many nats below the best, reporting an upper bound."""
+        """Log-probability of each continuation being the whole reply. ``margin``: the best continuation
+        must be exact; the engine may report any other at an upper bound (e.g. its first tokens') once it
+        cannot be the best, and may leave it there once it is ``margin`` nats below the best."""
         ...

@@ -69,6 +69,7 @@ class ExampleIndex:
         self._retriever: Any = None
         self._vectors: np.ndarray | None = None
         self._texts: Counter[str] | None = None  # normalized input -> count, for ``unseen`` searches
+        self._pool_rows: dict[str, int] | None = None  # input -> its row of the dense vectors
         if retrieval != "dense":
             import bm25s
 
@@ -90,7 +91,11 @@ class ExampleIndex:
         from agentkit.embeddings import default_embedder
 
         assert self._vectors is not None
-        sims = self._vectors @ default_embedder().embed([query])[0]
+        if self._pool_rows is None:
+            self._pool_rows = {_text(e["input"]): i for i, e in enumerate(self.examples)}
+        row = self._pool_rows.get(query)  # an example's own text (a shortlist's second look): embedded already
+        vector = self._vectors[row] if row is not None else default_embedder().embed([query])[0]
+        sims = self._vectors @ vector
         top = np.argpartition(-sims, k - 1)[:k]
         return [int(i) for i in top[np.argsort(-sims[top])]]
 

@@ -62,3 +62,23 @@ def test_dense_retrieval_finds_paraphrases_bm25_misses(minilm):
     assert dense.search(query, 1)[0]["expected"] == "pin"
     hybrid = ExampleIndex(pool, retrieval="hybrid")
     assert "pin" in [e["expected"] for e in hybrid.search(query, 2)]  # the dense hit survives the fusion
+
+
+def test_searching_by_an_examples_own_text_reuses_its_vector(minilm, monkeypatch):
+    """A shortlist looks again from its first neighbour's text: that example is embedded already."""
+    from agentkit import embeddings
+    from agentkit.retrieval import ExampleIndex
+
+    pool = [
+        {"input": "I forgot my PIN code", "expected": "pin"},
+        {"input": "my card payment was declined at the shop", "expected": "declined"},
+        {"input": "what is the exchange rate for euros", "expected": "fx"},
+    ]
+    index = ExampleIndex(pool, retrieval="dense")
+    fresh = [e["expected"] for e in index.search("what is the exchange rate for euros ", 3)]  # not a pool text
+
+    def no_embedding():
+        raise AssertionError("embedded a text the index holds")
+
+    monkeypatch.setattr(embeddings, "default_embedder", no_embedding)
+    assert [e["expected"] for e in index.search("what is the exchange rate for euros", 3)] == fresh

@@ -419,3 +419,7 @@ def test_llamacpp_extra_weight_buffers_follow_the_environment(monkeypatch):
     assert _avoid_extra_buffers()
     monkeypatch.setenv("AGENTKIT_LLAMA_EXTRA_BUFFERS", "1")
     assert not _avoid_extra_buffers()
+    monkeypatch.setenv("AGENTKIT_LLAMA_EXTRA_BUFFERS", "")  # set but empty: as if unset, the CPU decides
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        amx = any(line.startswith("flags") and " amx_int8" in line for line in f)
+    assert _avoid_extra_buffers() == amx

@@ -36,9 +36,9 @@ def _avoid_extra_buffers() -> bool:
     On CPUs with AMX, ggml moves Q4_K weights into an AMX buffer whose matrix product segfaults
     on some machines (ggml-org/llama.cpp#20824; measured here on a 2-vCPU Sapphire Rapids guest:
     the first decode of the stock 0.5B crashes the process). So AMX CPUs load without them.
-    ``AGENTKIT_LLAMA_EXTRA_BUFFERS=1`` / ``=0`` decides it either way."""
-    forced = os.environ.get("AGENTKIT_LLAMA_EXTRA_BUFFERS")
-    if forced is not None:
+    ``AGENTKIT_LLAMA_EXTRA_BUFFERS=1`` / ``=0`` decides it either way (set but empty: as if unset)."""
+    forced = os.environ.get("AGENTKIT_LLAMA_EXTRA_BUFFERS", "").strip()
+    if forced:
         return forced.strip().lower() in ("0", "false", "no", "off")
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

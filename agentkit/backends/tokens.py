@@ -10,6 +10,7 @@ their decoded prefixes.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -304,55 +305,34 @@ class TokenEngine:
         """Log-probability that the assistant's reply is exactly each continuation
         (its tokens and the end-of-turn marker).
 
-        Continuations that share leading tokens share their decoded cache entries. With a
-        ``margin``, a continuation whose first tokens already make it ``margin`` nats less likely
-        than the best one scored so far is not decoded further: its log-probability is reported as
-        that upper bound (a log-probability only falls as tokens are added), so the best
-        continuation and its share of the probability are exact to within ``e**-margin`` per
-        pruned continuation, and the share is never overstated. Most likely first tokens go first."""
+        Without a ``margin`` every continuation is decoded; continuations that share leading
+        tokens share their decoded cache entries. With a ``margin`` the continuations are searched
+        best first over their shared token prefixes (a prefix's log-probability bounds every
+        continuation that starts with it, and only falls as tokens are added): the likeliest
+        continuation is found and scored exactly, and a prefix is decoded further only while it
+        could hold the best one, or holds several continuations within ``margin`` nats of it. Every
+        other continuation is reported at the upper bound its prefix gives, so the best one's share
+        of the probability is never overstated (a prefix left at ``margin`` nats below the best
+        moves it by at most ``e**-margin``). A confident model decodes little more than its own
+        answer, whatever the number of continuations."""
         with self._lock:
             self._load()
             t0 = time.perf_counter()
             tokens, prefix_len = self._prompt_tokens(messages, prefix)
             logits, reused = self._feed(tokens, prefix_len)
             base = len(self._tokens)
-            first = log_softmax(logits)
             eot = self._end_of_turn()
             encoded = [self._tokenize(c + eot, first=False) for c in continuations]
             for c, ct in zip(continuations, encoded, strict=True):
                 if not ct:
                     raise ValueError(f"continuation {c!r} has no tokens")
-            if margin is None:
-                order = sorted(range(len(encoded)), key=lambda i: encoded[i])
-            else:  # likeliest first token first; the same first token stays together, in token order
-                order = sorted(range(len(encoded)), key=lambda i: (-float(first[encoded[i][0]]), encoded[i]))
-            totals = [0.0] * len(encoded)
-            best = -math.inf
-            prev: list[int] = []
-            prev_rows = np.empty((0, self._n_vocab), dtype=np.float32)
-            decoded = 0
-            for i in order:
-                ct = encoded[i]
-                body = ct[:-1]
-                keep = lcp(prev, body)
-                # the shared prefix's tokens are already scored: an upper bound, and the start of the total
-                bound = float(first[ct[0]]) + sum(float(prev_rows[j - 1][ct[j]]) for j in range(1, keep + 1))
-                if margin is not None and bound < best - margin:
-                    totals[i] = bound
-                    continue
-                self._truncate(base + keep)
-                rows = prev_rows[:keep]
-                if len(body) > keep:
-                    rows = np.concatenate([rows, log_softmax(self._extend(body[keep:], all_logits=True))])
-                    decoded += len(body) - keep
-                prev, prev_rows = body, rows
-                totals[i] = bound + sum(float(rows[j - 1][ct[j]]) for j in range(keep + 1, len(ct)))
-                best = max(best, totals[i])
+            search = _PrefixSearch(self, base, log_softmax(logits))
+            totals = search.exact(encoded) if margin is None else search.best_first(encoded, margin)
             self._truncate(base)
             usage = Usage(
                 prompt_tokens=len(tokens),
                 cached_tokens=reused,
-                completion_tokens=decoded,
+                completion_tokens=search.decoded,
                 seconds=time.perf_counter() - t0,
             )
             return Scores(logprobs=totals, usage=usage)
@@ -364,6 +344,95 @@ class TokenEngine:
         self._processors.clear()
         self._backend = None
         self._eot = None
+
+
+class _PrefixSearch:
+    """Scores token sequences that continue an engine's cached prompt (which ends at ``base``).
+
+    The log-softmax row after each decoded prefix is kept, so a prefix shared by several
+    continuations is decoded once, and a prefix still in the cache is never decoded again."""
+
+    def __init__(self, engine: TokenEngine, base: int, first: np.ndarray) -> None:
+        self.engine = engine
+        self.base = base
+        self.rows: dict[tuple[int, ...], np.ndarray] = {(): first}
+        self.decoded = 0
+        """Tokens decoded after the prompt."""
+
+    def row_after(self, path: tuple[int, ...]) -> np.ndarray:
+        """Log-probabilities of the next token after ``path``; decodes what the cache lacks."""
+        row = self.rows.get(path)
+        if row is not None:
+            return row
+        engine = self.engine
+        keep = min(lcp(engine._tokens[self.base :], list(path)), len(path) - 1)
+        engine._truncate(self.base + keep)
+        out = log_softmax(engine._extend(list(path[keep:]), all_logits=True))
+        for j in range(keep, len(path)):
+            self.rows[path[: j + 1]] = out[j - keep]
+        self.decoded += len(path) - keep
+        return out[-1]
+
+    def logprob(self, ct: list[int], start: int = 0, bound: float = 0.0) -> float:
+        """``bound`` (the log-probability of ``ct[:start]``) plus that of the rest of ``ct``."""
+        self.row_after(tuple(ct[:-1]))  # decodes every missing prefix of ct in one call
+        return bound + sum(float(self.rows[tuple(ct[:j])][ct[j]]) for j in range(start, len(ct)))
+
+    def exact(self, encoded: list[list[int]]) -> list[float]:
+        """Every sequence decoded (in token order, so neighbours share the cache)."""
+        totals = [0.0] * len(encoded)
+        for i in sorted(range(len(encoded)), key=lambda i: encoded[i]):
+            totals[i] = self.logprob(encoded[i])
+        return totals
+
+    def best_first(self, encoded: list[list[int]], margin: float) -> list[float]:
+        """The likeliest sequence exactly; the others exact or at an upper bound (see ``score``)."""
+        totals: list[float | None] = [None] * len(encoded)
+        heap: list[tuple[float, int, tuple[int, ...], list[int]]] = []
+        count = 0
+
+        def push(bound: float, node: tuple[int, ...], members: list[int]) -> None:
+            nonlocal count
+            heapq.heappush(heap, (-bound, count, node, members))
+            count += 1
+
+        def branch(bound: float, node: tuple[int, ...], members: list[int]) -> None:
+            row = self.row_after(node)
+            children: dict[int, list[int]] = {}
+            for i in members:
+                children.setdefault(encoded[i][len(node)], []).append(i)
+            for token, ids in children.items():
+                push(bound + float(row[token]), (*node, token), ids)
+
+        branch(0.0, (), list(range(len(encoded))))
+        best: float | None = None
+        while heap:
+            bound, node = -heap[0][0], heap[0][2]
+            if best is not None and bound < best - margin:
+                break
+            members = heapq.heappop(heap)[3]
+            ongoing = []
+            for i in members:
+                if len(encoded[i]) == len(node):  # the whole sequence: its bound is its score
+                    totals[i] = bound
+                    if best is None:  # the first whole sequence popped is the likeliest
+                        best = bound
+                else:
+                    ongoing.append(i)
+            if not ongoing:
+                continue
+            if len(ongoing) == 1:
+                (i,) = ongoing
+                if best is None:  # it may be the likeliest: score it, and let the search decide
+                    push(self.logprob(encoded[i], len(node), bound), tuple(encoded[i]), [i])
+                else:  # only one sequence below: its bound is close, and never low
+                    totals[i] = bound
+                continue
+            branch(bound, node, ongoing)
+        for negative, _, _, members in heap:
+            for i in members:
+                totals[i] = -negative
+        return [t if t is not None else -math.inf for t in totals]
 
 
 def word_boundaries(pieces: list[str]) -> list[bool]:

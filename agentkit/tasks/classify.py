@@ -72,10 +72,11 @@ class Classify(Task):
             list_labels: list the labels in the system prompt. A tuned model has learnt them: without
                 the list (``Tier(..., task={"list_labels": False})``) its prompt is a few tokens, not
                 hundreds, which is what makes 77-way tuning and answering fast.
-            score_margin: stop decoding a label once its first tokens make it this many nats less
-                likely than the best label so far (its probability is then at most ``e**-margin`` of
-                the best's; the confidence reported is never higher than the exact one). A confident
-                model decodes only the labels that begin like its answer. ``None``: decode every label.
+            score_margin: labels are scored best first over their shared first tokens: the best
+                label exactly, and the others decoded only while their first tokens keep them within
+                this many nats of it (else their probability is bounded by their first tokens'; the
+                confidence reported is never higher than the exact one). A confident model decodes
+                little more than its answer, however many labels. ``None``: decode every label.
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
