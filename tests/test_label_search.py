@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from agentkit.backends.tokens import TokenEngine
+from agentkit.backends.tokens import EXACT_WITHIN, TokenEngine
 from agentkit.engine import Capabilities
 
 ALPHABET = "abcd|"  # one token per character; '|' ends a reply
@@ -99,6 +99,8 @@ def test_best_first_finds_the_best_label_exactly_and_never_overstates_its_share(
         assert searched.logprobs[best] == pytest.approx(exact.logprobs[best], abs=1e-4)
         for e, s in zip(exact.logprobs, searched.logprobs, strict=True):
             assert s >= e - 1e-4  # exact, or an upper bound
+            if margin >= EXACT_WITHIN and e >= exact.logprobs[best] - EXACT_WITHIN:
+                assert s == pytest.approx(e, abs=1e-4)  # a close second is decoded: the share depends on it
         assert _share(searched.logprobs, best) <= _share(exact.logprobs, best) + 1e-6
         decoded["exact"] += exact.usage.completion_tokens
         decoded["best_first"] += searched.usage.completion_tokens

@@ -26,6 +26,10 @@ from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
 _CONSTRAINTS = 64
 """Compiled constraints kept per engine (a node's fixed constraint stays; per-input ones rotate)."""
+EXACT_WITHIN = 3.0
+"""Best-first scoring decodes a continuation exactly when its bound is within this many nats of the best
+(a bound e**-3 below the best moves the best's share by at most ~5%, and in practice by the probability
+that the model would not finish a continuation it has started, ~0)."""
 
 
 def lcp(a: list[int], b: list[int]) -> int:
@@ -310,11 +314,12 @@ class TokenEngine:
         best first over their shared token prefixes (a prefix's log-probability bounds every
         continuation that starts with it, and only falls as tokens are added): the likeliest
         continuation is found and scored exactly, and a prefix is decoded further only while it
-        could hold the best one, or holds several continuations within ``margin`` nats of it. Every
-        other continuation is reported at the upper bound its prefix gives, so the best one's share
-        of the probability is never overstated (a prefix left at ``margin`` nats below the best
-        moves it by at most ``e**-margin``). A confident model decodes little more than its own
-        answer, whatever the number of continuations."""
+        could hold the best one, holds several continuations within ``margin`` nats of it, or holds
+        one within :data:`EXACT_WITHIN` nats. Every other continuation is reported at the upper
+        bound its prefix gives, so the best one's share of the probability is never overstated (a
+        prefix left at ``margin`` nats below the best moves it by at most ``e**-margin``). A
+        confident model decodes little more than its own answer, whatever the number of
+        continuations."""
         with self._lock:
             self._load()
             t0 = time.perf_counter()
@@ -425,7 +430,9 @@ class _PrefixSearch:
                 (i,) = ongoing
                 if best is None:  # it may be the likeliest: score it, and let the search decide
                     push(self.logprob(encoded[i], len(node), bound), tuple(encoded[i]), [i])
-                else:  # only one sequence below: its bound is close, and never low
+                elif bound >= best - EXACT_WITHIN:  # a close second: exact, as the share depends on it
+                    totals[i] = self.logprob(encoded[i], len(node), bound)
+                else:  # the only sequence below: its bound is never low, and too far to move the share much
                     totals[i] = bound
                 continue
             branch(bound, node, ongoing)
