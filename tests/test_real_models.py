@@ -85,8 +85,9 @@ def test_label_distribution_matches_raw_logits(small, sms_split):
 
 def test_label_scoring_with_a_margin_decodes_less_and_keeps_the_answer(small, datasets):
     """Best-first label scoring (``margin``) against decoding every label, on real Banking77 queries: the
-    same best label scored the same, every other label exact or at an upper bound of its exact score (so
-    the best label's share is never overstated), and fewer label tokens decoded."""
+    same best label (up to a near tie, which llama.cpp's batching noise can flip) scored the same, every
+    other label exact or at an upper bound of its exact score (so the best label's share is never
+    overstated), and fewer label tokens decoded."""
     records = list(read_jsonl(datasets / "banking77" / "train.jsonl"))
     labels = sorted({str(r["expected"]) for r in records})[:16]
     task = Classify(labels, instructions="Which banking intent does the customer message express?", k=0)
@@ -97,8 +98,8 @@ def test_label_scoring_with_a_margin_decodes_less_and_keeps_the_answer(small, da
         msgs = task.prompt(q)
         exact = small.score(msgs, labels, prefix=1)
         pruned = small.score(msgs, labels, prefix=1, margin=3.0)
-        best = int(np.argmax(exact.logprobs))
-        assert int(np.argmax(pruned.logprobs)) == best
+        best = int(np.argmax(pruned.logprobs))
+        assert exact.logprobs[best] > max(exact.logprobs) - noise  # the best label (a near tie may flip)
         assert abs(pruned.logprobs[best] - exact.logprobs[best]) < noise
         for e, p in zip(exact.logprobs, pruned.logprobs, strict=True):
             assert e <= p + noise, (e, p)
