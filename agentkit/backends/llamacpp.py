@@ -39,7 +39,7 @@ def _avoid_extra_buffers() -> bool:
     ``AGENTKIT_LLAMA_EXTRA_BUFFERS=1`` / ``=0`` decides it either way (set but empty: as if unset)."""
     forced = os.environ.get("AGENTKIT_LLAMA_EXTRA_BUFFERS", "").strip()
     if forced:
-        return forced.strip().lower() in ("0", "false", "no", "off")
+        return forced.lower() in ("0", "false", "no", "off")
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             return any(line.startswith("flags") and " amx_int8" in line for line in f)
