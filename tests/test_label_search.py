@@ -28,6 +28,8 @@ class ToyModelEngine(TokenEngine):
         self._n_vocab = len(ALPHABET) + 32
         self.sharpness = sharpness
         self.seed = 0
+        self.calls = 0
+        """Model calls (decode batches) so far."""
         self.intended = intended
         """A reply the model leans towards (by 8 nats a token), as a confident classifier does."""
 
@@ -52,13 +54,14 @@ class ToyModelEngine(TokenEngine):
             logits[want[len(reply)]] += 8.0
         return logits
 
-    def _extend_model(self, new: list[int], pos: int, all_logits: bool) -> np.ndarray:
+    def _extend_model(self, new: list[int], pos: int, rows: int) -> np.ndarray:
+        self.calls += 1
         seq = self._tokens[:pos]
-        rows = []
+        out = []
         for t in new:
             seq = [*seq, t]
-            rows.append(self._logits(seq))
-        return np.stack(rows) if all_logits else rows[-1]
+            out.append(self._logits(seq))
+        return np.stack(out[-rows:])
 
     def _cut_cache(self, n: int) -> None:
         pass
@@ -134,3 +137,24 @@ def test_scores_are_the_same_with_and_without_a_cached_neighbour():
     engine.score([{"role": "user", "content": "y"}], labels)
     again = engine.score([{"role": "user", "content": "x"}], labels, margin=3.0)
     assert again.logprobs == pytest.approx(first.logprobs)
+
+
+@pytest.mark.parametrize("margin", [None, 6.0])
+def test_the_first_continuation_is_decoded_with_the_prompt(margin):
+    """The caller's guess (the first continuation) comes in the prompt's call: a right guess costs no call
+    of its own, and whichever label comes first, the scores are the same."""
+    engine = ToyModelEngine(sharpness=1.0, intended="bca")
+    labels = ["bca", "ab", "abc", "d"]
+    msgs = [{"role": "user", "content": "q"}]
+    engine.calls = 0
+    right = engine.score(msgs, labels, margin=margin)
+    right_calls, engine.calls = engine.calls, 0
+    wrong = engine.score([{"role": "user", "content": "q "}], labels[1:] + labels[:1], margin=margin)
+    assert labels[int(np.argmax(right.logprobs))] == "bca"
+    if margin is not None:
+        assert right_calls == 1  # the prompt and the whole answer in one batch, nothing else decoded
+        assert engine.calls > right_calls
+    fresh = ToyModelEngine(sharpness=1.0, intended="bca")
+    reordered = fresh.score(msgs, labels[::-1], margin=margin)
+    assert reordered.logprobs[::-1] == pytest.approx(right.logprobs, abs=1e-5)
+    assert len(wrong.logprobs) == len(labels)

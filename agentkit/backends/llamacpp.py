@@ -193,26 +193,28 @@ class LlamaCppEngine(TokenEngine):
     def _cut_cache(self, n: int) -> None:
         self._llm._ctx.kv_cache_seq_rm(0, n, -1)
 
-    def _extend_model(self, new: list[int], pos: int, all_logits: bool) -> np.ndarray:
+    def _extend_model(self, new: list[int], pos: int, rows: int) -> np.ndarray:
         ctx, batch = self._llm._ctx, self._llm._batch
-        rows: list[np.ndarray] = []
+        first_row = len(new) - rows  # logits are computed for new[first_row:] only
+        out: list[np.ndarray] = []
         done = 0
         for i in range(0, len(new), self._n_batch):
             chunk = new[i : i + self._n_batch]
-            batch.set_batch(batch=chunk, n_past=pos + done, logits_all=all_logits)
+            batch.set_batch(batch=chunk, n_past=pos + done, logits_all=False)  # the chunk's last has logits
+            wanted = [i + j >= first_row for j in range(len(chunk))]
+            for j, want in enumerate(wanted[:-1]):
+                batch.batch.logits[j] = want
             try:
                 ctx.decode(batch)
             except RuntimeError as e:
                 self._tokens.extend(new[:done])
                 self._truncate(pos + done)
                 raise EngineError(f"llama.cpp decode failed: {e}", retryable=True) from e
-            if all_logits:
-                out = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk) * self._n_vocab,))
-                rows.append(out.reshape(len(chunk), self._n_vocab).copy())
+            computed = sum(wanted[:-1]) + 1
+            logits = np.ctypeslib.as_array(ctx.get_logits(), shape=(computed, self._n_vocab))
+            out.append(logits[computed - sum(wanted) :].copy())  # a chunk's last row may be unwanted
             done += len(chunk)
-        if all_logits:
-            return np.concatenate(rows)
-        return np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(self._n_vocab,)).copy()
+        return np.concatenate(out)
 
     def _cache_state(self) -> bytes:
         import llama_cpp

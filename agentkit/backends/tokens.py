@@ -82,8 +82,8 @@ class TokenEngine:
         """The chat template applied to ``messages``, as text."""
         raise NotImplementedError
 
-    def _extend_model(self, new: list[int], pos: int, all_logits: bool) -> np.ndarray:
-        """Run ``new`` after the ``pos`` cached tokens; logits of the last token, or of every one."""
+    def _extend_model(self, new: list[int], pos: int, rows: int) -> np.ndarray:
+        """Run ``new`` after the ``pos`` cached tokens; the logits of its last ``rows`` tokens, ``(rows, vocab)``."""
         raise NotImplementedError
 
     def _cut_cache(self, n: int) -> None:
@@ -145,10 +145,11 @@ class TokenEngine:
         self._tokens = self._tokens[:n]
         self._cut_cache(n)
 
-    def _extend(self, new: list[int], *, all_logits: bool = False) -> np.ndarray:
+    def _extend(self, new: list[int], *, rows: int = 1) -> np.ndarray:
+        """Append ``new`` to the cache; the logits after each of its last ``rows`` tokens, ``(rows, vocab)``."""
         pos = len(self._tokens)
         self._cut_cache(pos)
-        logits = self._extend_model(new, pos, all_logits)
+        logits = self._extend_model(new, pos, rows)
         self._tokens.extend(new)
         return logits
 
@@ -169,14 +170,19 @@ class TokenEngine:
         self._prefix_states.move_to_end(key)
         return True
 
-    def _feed(self, tokens: list[int], prefix_len: int) -> tuple[np.ndarray, int]:
-        """Make the cache hold ``tokens``; return the last logits and how many tokens were reused."""
-        if len(tokens) >= self._n_ctx:
+    def _feed(self, tokens: list[int], prefix_len: int, tail: list[int] | None = None) -> tuple[np.ndarray, int]:
+        """Make the cache hold ``tokens`` (then ``tail``, if given); return the logits after the
+        prompt's last token (and after each token of ``tail``), ``(1 + len(tail), vocab)``, and how
+        many of the prompt's tokens were reused."""
+        tail = tail or []
+        everything = tokens + tail
+        if len(everything) >= self._n_ctx:
             raise InputError(f"prompt is {len(tokens)} tokens, the context is {self._n_ctx}")
+        rows = 1 + len(tail)
         if not self.prefix_cache:
             self._truncate(0)
             prefix_len = 0
-        common = lcp(self._tokens, tokens)
+        common = lcp(self._tokens, everything)
         if 0 < prefix_len < len(tokens) and common < prefix_len:
             key = tuple(tokens[:prefix_len])
             if self._restore_prefix(key):
@@ -187,10 +193,10 @@ class TokenEngine:
                 self._save_prefix(key)
                 reused = common
                 self._truncate(prefix_len)
-                return self._extend(tokens[prefix_len:]), reused
-        common = min(common, len(tokens) - 1)  # at least one token to get fresh logits
+                return self._extend(everything[prefix_len:], rows=rows), reused
+        common = min(common, len(tokens) - 1)  # fresh logits for the prompt's last token and the tail
         self._truncate(common)
-        return self._extend(tokens[common:]), common
+        return self._extend(everything[common:], rows=rows), common
 
     # ---- constraints ---------------------------------------------------------------
 
@@ -257,6 +263,7 @@ class TokenEngine:
                     f"prompt of {len(tokens)} tokens + {max_tokens} to generate exceeds the context of {self._n_ctx}"
                 )
             logits, reused = self._feed(tokens, prefix_len)
+            logits = logits[-1]
             proc = self._processor(constraint)
             if proc is not None:
                 proc.reset()
@@ -281,7 +288,7 @@ class TokenEngine:
                     break
                 out.append(tok)
                 probs.append(p)
-                logits = self._extend([tok])
+                logits = self._extend([tok])[-1]
             raw = b""
             offsets: list[int] = []
             for tok in out:
@@ -319,21 +326,25 @@ class TokenEngine:
         bound its prefix gives, so the best one's share of the probability is never overstated (a
         prefix left at ``margin`` nats below the best moves it by at most ``e**-margin``). A
         confident model decodes little more than its own answer, whatever the number of
-        continuations."""
+        continuations.
+
+        The first continuation is taken as the caller's guess at the likeliest one: its tokens are
+        decoded in the same call as the prompt (a right guess costs no call of its own, a wrong one
+        a few tokens in the prompt's batch)."""
         with self._lock:
             self._load()
             t0 = time.perf_counter()
             tokens, prefix_len = self._prompt_tokens(messages, prefix)
-            logits, reused = self._feed(tokens, prefix_len)
-            base = len(self._tokens)
             eot = self._end_of_turn()
             encoded = [self._tokenize(c + eot, first=False) for c in continuations]
             for c, ct in zip(continuations, encoded, strict=True):
                 if not ct:
                     raise ValueError(f"continuation {c!r} has no tokens")
-            search = _PrefixSearch(self, base, log_softmax(logits))
+            guess = encoded[0][:-1] if encoded else []  # decoded with the prompt, in the same call
+            logits, reused = self._feed(tokens, prefix_len, guess)
+            search = _PrefixSearch(self, len(tokens), log_softmax(logits), guess)
             totals = search.exact(encoded) if margin is None else search.best_first(encoded, margin)
-            self._truncate(base)
+            self._truncate(len(tokens))
             usage = Usage(
                 prompt_tokens=len(tokens),
                 cached_tokens=reused,
@@ -357,11 +368,13 @@ class _PrefixSearch:
     The log-softmax row after each decoded prefix is kept, so a prefix shared by several
     continuations is decoded once, and a prefix still in the cache is never decoded again."""
 
-    def __init__(self, engine: TokenEngine, base: int, first: np.ndarray) -> None:
+    def __init__(self, engine: TokenEngine, base: int, fed: np.ndarray, guess: list[int]) -> None:
+        """``fed``: the log-probability rows after the prompt and after each token of ``guess``,
+        which the cache holds after the prompt."""
         self.engine = engine
         self.base = base
-        self.rows: dict[tuple[int, ...], np.ndarray] = {(): first}
-        self.decoded = 0
+        self.rows: dict[tuple[int, ...], np.ndarray] = {tuple(guess[:j]): fed[j] for j in range(len(guess) + 1)}
+        self.decoded = len(guess)
         """Tokens decoded after the prompt."""
 
     def row_after(self, path: tuple[int, ...]) -> np.ndarray:
@@ -372,7 +385,7 @@ class _PrefixSearch:
         engine = self.engine
         keep = min(lcp(engine._tokens[self.base :], list(path)), len(path) - 1)
         engine._truncate(self.base + keep)
-        out = log_softmax(engine._extend(list(path[keep:]), all_logits=True))
+        out = log_softmax(engine._extend(list(path[keep:]), rows=len(path) - keep))
         for j in range(keep, len(path)):
             self.rows[path[: j + 1]] = out[j - keep]
         self.decoded += len(path) - keep

@@ -137,7 +137,7 @@ class TransformersEngine(TokenEngine):
         if self._cache is not None and (have := self._cache.get_seq_length()) > n:
             self._cache.crop(n - have)  # a negative count: tokens to drop (every transformers version takes it)
 
-    def _extend_model(self, new: list[int], pos: int, all_logits: bool) -> np.ndarray:
+    def _extend_model(self, new: list[int], pos: int, rows: int) -> np.ndarray:
         import torch
         from transformers import DynamicCache
 
@@ -146,12 +146,13 @@ class TransformersEngine(TokenEngine):
         ids = torch.tensor([new], dtype=torch.long, device=self._device)
         try:
             with torch.inference_mode():
-                out = self._model(input_ids=ids, use_cache=True, **{self._cache_arg: self._cache})
+                out = self._model(
+                    input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: self._cache}
+                )
         except RuntimeError as e:
             self._cut_cache(pos)
             raise EngineError(f"transformers forward failed: {e}", retryable=False) from e
-        logits = out.logits[0] if all_logits else out.logits[0, -1]
-        return logits.float().cpu().numpy()
+        return out.logits[0, -rows:].float().cpu().numpy()
 
     def _cache_state(self) -> Any:
         import copy

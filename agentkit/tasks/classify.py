@@ -178,8 +178,11 @@ class Classify(Task):
         return msgs
 
     def candidates(self, shots: list[dict[str, Any]]) -> list[str]:
+        """The labels scored for an input whose nearest labelled examples are ``shots``, the nearest
+        example's label first (the engine decodes its guess at the likeliest label with the prompt)."""
         if self.shortlist is None or len(self.labels) <= self.shortlist or not shots:
-            return self.labels
+            nearest = str(shots[0]["expected"]) if shots else None
+            return sorted(self.labels, key=lambda c: c != nearest)
         seen: list[str] = []
         for ex in shots:
             label = str(ex["expected"])
