@@ -40,6 +40,11 @@ def main() -> None:
     p.add_argument("--train", type=int, default=100_000, help="training questions (of --train-data)")
     p.add_argument("--k", type=int, default=2, help="passages retrieved per question")
     p.add_argument("--negatives", type=int, default=1, help="retrieved passages of other paragraphs per question")
+    p.add_argument(
+        "--unanswerable-weight", type=int, default=1,
+        help="each unanswerable question's example on its own passage counts this many times (SQuAD 2.0's adversarial"
+        " 'no' is ~4%% of the examples)",
+    )  # fmt: skip
     add_tune_arguments(p, max_len=512)
     p.add_argument("--out", type=Path, default=Path("runs/tune_reader"))
     args = p.parse_args()
@@ -58,6 +63,9 @@ def main() -> None:
             seed=args.seed,
             train_side_only=False,
         )  # fmt: skip  (other articles than the evaluated ones: both sides of the split)
+        adversarial = [ex for ex in data.examples if ex.origin.startswith("no_answer:")]
+        data.examples += adversarial * (args.unanswerable_weight - 1)
+        data.counts["no_answer_repeats"] = len(adversarial) * (args.unanswerable_weight - 1)
         print(f"training examples: {len(data.examples)} {data.counts}")
         train(
             data, base_model(tiers[0]), out, tune_config(args), on_step=print_step,
