@@ -146,9 +146,7 @@ class TransformersEngine(TokenEngine):
         ids = torch.tensor([new], dtype=torch.long, device=self._device)
         try:
             with torch.inference_mode():
-                out = self._model(
-                    input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: self._cache}
-                )
+                out = self._model(input_ids=ids, use_cache=True, logits_to_keep=rows, **{self._cache_arg: self._cache})
         except RuntimeError as e:
             self._cut_cache(pos)
             raise EngineError(f"transformers forward failed: {e}", retryable=False) from e
