@@ -196,7 +196,8 @@ class TokenEngine:
         tail = tail or []
         everything = tokens + tail
         if len(everything) >= self._n_ctx:
-            raise InputError(f"prompt is {len(tokens)} tokens, the context is {self._n_ctx}")
+            scored = f" + {len(tail)} to score" if tail else ""
+            raise InputError(f"prompt is {len(tokens)} tokens{scored}, the context is {self._n_ctx}")
         rows = 1 + len(tail)
         if not self.prefix_cache:
             self._truncate(0)
