@@ -226,20 +226,3 @@ def test_verbalizer_and_contextual_calibration(small):
     z = sum(ratio.values())
     # llama.cpp logits differ slightly with batch shape (cached vs recomputed prefix): ~1e-2
     assert q == pytest.approx({c: r / z for c, r in ratio.items()}, abs=0.02)
-
-
-def test_the_cached_prefix_reaches_into_the_next_turns_opening(small):
-    """The tokens kept warm for a node's fixed messages include the next turn's opening (`<|im_start|>user\\n`),
-    unless the input's first tokens would merge with it; the prompt's tokens are the whole text's either way."""
-    inner = small.inner
-    system = {"role": "system", "content": "Classify the customer's message."}
-    head = len(inner._tokenize(inner._chat([system], add_generation_prompt=False), first=True))
-    opening = len(inner._tokenize("<|im_start|>user\n", first=False))
-    for content, fixed in [("I got a card", head + opening), ("\nnewline first", head)]:
-        msgs = [system, {"role": "user", "content": content}]
-        tokens, n = inner._prompt_tokens(msgs, 1)
-        assert tokens == inner._tokenize(inner._chat(msgs, add_generation_prompt=True), first=True)
-        assert n == fixed, content
-    msgs = [system, {"role": "user", "content": "I got a card"}]
-    small.score([system, {"role": "user", "content": "something else"}], ["yes", "no"], prefix=1)
-    assert small.score(msgs, ["yes", "no"], prefix=1).usage.cached_tokens >= head + opening

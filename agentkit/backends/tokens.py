@@ -65,7 +65,6 @@ class TokenEngine:
         """What the model's cache holds now."""
         self._prefix_states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._processors: OrderedDict[Constraint, Any] = OrderedDict()
-        self._heads: OrderedDict[tuple[str, str], list[tuple[str, list[int]]]] = OrderedDict()
         self._backend: Any = None
         self._eot: str | None = None
 
@@ -122,32 +121,14 @@ class TokenEngine:
             return len(self._tokenize(text, first=False))
 
     def _prompt_tokens(self, messages: list[Message], prefix: int) -> tuple[list[int], int]:
-        """Tokens of the chat prompt and how many of them are the same for every input: the first
-        ``prefix`` messages and, where the template writes one, the opening of the next turn (e.g.
-        ``<|im_start|>user\n``)."""
+        """Tokens of the chat prompt and how many of them belong to the fixed prefix."""
         full = self._chat(messages, add_generation_prompt=True)
-        tokens = self._tokenize(full, first=True)
         if 0 < prefix < len(messages):
-            for head, head_tokens in self._fixed_heads(messages, prefix):
-                if full.startswith(head) and tokens[: len(head_tokens)] == head_tokens:
-                    return tokens, len(head_tokens)  # (unless the head's last tokens merged with the input's)
-        return tokens, 0
-
-    def _fixed_heads(self, messages: list[Message], prefix: int) -> list[tuple[str, list[int]]]:
-        """The texts (and tokens) every prompt with these first ``prefix`` messages starts with, longest first."""
-        key = (json.dumps(messages[:prefix], sort_keys=True, default=str), messages[prefix]["role"])
-        heads = self._heads.get(key)
-        if heads is None:
-            sentinel = "\x00turn\x00"
-            opening = [*messages[:prefix], {"role": messages[prefix]["role"], "content": sentinel}]
-            text = self._chat(opening, add_generation_prompt=False)
-            texts = [text.split(sentinel, 1)[0]] if sentinel in text else []
-            texts.append(self._chat(messages[:prefix], add_generation_prompt=False))
-            heads = self._heads[key] = [(t, self._tokenize(t, first=True)) for t in texts]
-            while len(self._heads) > self.prefix_states:
-                self._heads.popitem(last=False)
-        self._heads.move_to_end(key)
-        return heads
+            head = self._chat(messages[:prefix], add_generation_prompt=False)
+            if full.startswith(head):
+                head_tokens = self._tokenize(head, first=True)
+                return head_tokens + self._tokenize(full[len(head) :], first=False), len(head_tokens)
+        return self._tokenize(full, first=True), 0
 
     def _end_of_turn(self) -> str:
         """The text that closes an assistant reply in this model's chat template (e.g. ``<|im_end|>``)."""
@@ -378,7 +359,6 @@ class TokenEngine:
         self._tokens = []
         self._prefix_states.clear()
         self._processors.clear()
-        self._heads.clear()
         self._backend = None
         self._eot = None
 
