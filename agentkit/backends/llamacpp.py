@@ -200,19 +200,19 @@ class LlamaCppEngine(TokenEngine):
         done = 0
         for i in range(0, len(new), self._n_batch):
             chunk = new[i : i + self._n_batch]
-            batch.set_batch(batch=chunk, n_past=pos + done, logits_all=False)  # the chunk's last has logits
-            wanted = [i + j >= first_row for j in range(len(chunk))]
-            for j, want in enumerate(wanted[:-1]):
-                batch.batch.logits[j] = want
+            batch.set_batch(batch=chunk, n_past=pos + done, logits_all=False)  # only the chunk's last has logits
+            start = min(max(first_row - i, 0), len(chunk))  # the chunk's first wanted row
+            for j in range(start, len(chunk)):
+                batch.batch.logits[j] = True
             try:
                 ctx.decode(batch)
             except RuntimeError as e:
                 self._tokens.extend(new[:done])
                 self._truncate(pos + done)
                 raise EngineError(f"llama.cpp decode failed: {e}", retryable=True) from e
-            computed = sum(wanted[:-1]) + 1
-            logits = np.ctypeslib.as_array(ctx.get_logits(), shape=(computed, self._n_vocab))
-            out.append(logits[computed - sum(wanted) :].copy())  # a chunk's last row may be unwanted
+            if start < len(chunk):
+                wanted = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk) - start, self._n_vocab))
+                out.append(wanted.copy())
             done += len(chunk)
         return np.concatenate(out)
 
