@@ -200,6 +200,12 @@ def _app():  # type: ignore[no-untyped-def]
         ] = [],  # noqa: B006
         k: Annotated[int, typer.Option("--k", help="retrieved examples in the tuned tier's prompt")] = 0,
         static: Annotated[int, typer.Option("--static", help="fixed examples per label in its prompt")] = 0,
+        scoring: Annotated[
+            str,
+            typer.Option(
+                "--scoring", help="how the tuned tier scores labels: choice (only where labels part) or sequence"
+            ),
+        ] = "choice",
         steps: Annotated[int, typer.Option("--steps")] = 200,
         minutes: Annotated[float, typer.Option("--minutes", help="time budget for the steps (0: none)")] = 30.0,
         rank: Annotated[int, typer.Option("--rank")] = 8,
@@ -246,7 +252,8 @@ def _app():  # type: ignore[no-untyped-def]
             trace_rows = [r for path in traces for r in load_records(path, None, need_expected=False)]
             held = [str(r["input"]) for path in exclude for r in load_records(path, None)]
             reader = node.task.kind == "grounded_answer"  # its k is passages retrieved: kept as it is
-            own = {key: v for key, v in {"k": k, "static_per_label": static}.items() if hasattr(node.task, key)}
+            own = {"k": k, "static_per_label": static, "scoring": scoring}
+            own = {key: v for key, v in own.items() if hasattr(node.task, key)}
             own = {} if reader else own
             max_len = max_len or (768 if reader else 256)
             task = node.task.variant(**own)

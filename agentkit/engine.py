@@ -116,9 +116,40 @@ class Engine(Protocol):
     ) -> Generation: ...
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         """Log-probability of each continuation being the whole reply. ``margin``: the best continuation
         must be exact; the engine may report any other at an upper bound (e.g. its first tokens') once it
-        cannot be the best, and may leave it there once it is ``margin`` nats below the best."""
+        cannot be the best, and may leave it there once it is ``margin`` nats below the best.
+        ``choice``: the log-probability as a choice among the continuations (:func:`choice_logprobs`)."""
         ...
+
+
+def choice_logprobs(encoded: list[list[int]], token_logprobs: list[list[float]]) -> list[float]:
+    """Each token sequence's log-probability as a choice among ``encoded``: the probability that
+    decoding constrained to these sequences produces it. Where the sequences part, a token's
+    probability is renormalized over the tokens they part into; a token that is the only way on
+    counts 1 (so it need not be decoded at all). ``token_logprobs[i][j]``: the model's log-probability
+    of ``encoded[i][j]`` after ``encoded[i][:j]``. The results sum to 1 in probability."""
+    import math
+
+    parts: dict[tuple[int, ...], dict[int, float]] = {}
+    for ct, lps in zip(encoded, token_logprobs, strict=True):
+        for j, (tok, lp) in enumerate(zip(ct, lps, strict=True)):
+            parts.setdefault(tuple(ct[:j]), {})[tok] = lp
+    norm = {}
+    for node, options in parts.items():
+        if len(options) > 1:
+            top = max(options.values())
+            norm[node] = top + math.log(sum(math.exp(v - top) for v in options.values()))
+    totals = []
+    for ct, lps in zip(encoded, token_logprobs, strict=True):
+        nodes = (tuple(ct[:j]) for j in range(len(ct)))
+        totals.append(sum(lp - norm[node] for node, lp in zip(nodes, lps, strict=True) if node in norm))
+    return totals

@@ -70,7 +70,13 @@ class FakeEngine:
         return Generation(text=text, finish_reason=finish, token_probs=probs, offsets=offsets, usage=usage)  # type: ignore[arg-type]
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         self.calls.append(messages)
         chosen = self._next()

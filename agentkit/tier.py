@@ -314,7 +314,7 @@ class _RulesOnly:
     def generate(self, messages, constraint, *, max_tokens, prefix=0):  # type: ignore[no-untyped-def]
         raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
-    def score(self, messages, continuations, *, prefix=0, margin=None):  # type: ignore[no-untyped-def]
+    def score(self, messages, continuations, *, prefix=0, margin=None, choice=False):  # type: ignore[no-untyped-def]
         raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
 
@@ -363,8 +363,8 @@ class _Lazy:
     def generate(self, messages, constraint, *, max_tokens, prefix=0):  # type: ignore[no-untyped-def]
         return self.inner.generate(messages, constraint, max_tokens=max_tokens, prefix=prefix)
 
-    def score(self, messages, continuations, *, prefix=0, margin=None):  # type: ignore[no-untyped-def]
-        return self.inner.score(messages, continuations, prefix=prefix, margin=margin)
+    def score(self, messages, continuations, *, prefix=0, margin=None, choice=False):  # type: ignore[no-untyped-def]
+        return self.inner.score(messages, continuations, prefix=prefix, margin=margin, choice=choice)
 
     def close(self) -> None:
         """Close the engine if it was made; the next call makes it again."""

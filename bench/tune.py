@@ -48,6 +48,11 @@ def main() -> None:
     p.add_argument("--tuned-shortlist", default=None,
                    help="the tuned tier's shortlist: N labels of the retrieved examples, or 'none': score every "
                         "label (no retrieval; pruned label scoring decodes only the likely ones)")  # fmt: skip
+    p.add_argument("--scoring", default="sequence", choices=["sequence", "choice"],
+                   help="how the stock and large tiers score labels (Classify(scoring=...))")  # fmt: skip
+    p.add_argument("--tuned-scoring", default="choice", choices=["choice", "sequence"],
+                   help="how the tuned tier scores labels (Classify(scoring=...)); a tuning folder's own "
+                        "setting is replaced")  # fmt: skip
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -62,11 +67,13 @@ def main() -> None:
         static_per_label=args.static,
         verbalizer=verbalizer(args.verbalize, labels),
         retrieval=args.retrieval,
+        scoring=args.scoring,
     )
     stock = Node(task, args.tiers.split(","), Policy(threshold=0.8), name=name)
     out = args.out / name
     words = verbalizer(args.verbalize if args.tuned_verbalize is None else args.tuned_verbalize, labels)
-    tuned_settings = {"k": 0, "list_labels": False, "verbalizer": words or {label: label for label in labels}}
+    tuned_settings = {"k": 0, "list_labels": False, "verbalizer": words or {label: label for label in labels},
+                      "scoring": args.tuned_scoring}  # fmt: skip
     tuned_settings |= {"static_per_label": 0} if args.static else {}
     if not (out / "tune.json").is_file():
         pool = sample(split.train, args.train, seed=args.seed)  # a mix of labels, not the file's first ones
@@ -78,8 +85,9 @@ def main() -> None:
         print()
     meta = json.loads((out / "tune.json").read_text())
     node, ladders = comparison(stock, out, merged=not args.lora)
+    tuned = next(t for t in node.tiers if t.name.startswith("tuned:"))
+    tuned.task = {**tuned.task, "scoring": args.tuned_scoring}
     if args.tuned_shortlist is not None:
-        tuned = next(t for t in node.tiers if t.name.startswith("tuned:"))
         tuned.task = {**tuned.task, "shortlist": None if args.tuned_shortlist == "none" else int(args.tuned_shortlist)}
     held_out = split.test
     if args.eval_data:

@@ -158,3 +158,75 @@ def test_the_first_continuation_is_decoded_with_the_prompt(margin):
     reordered = fresh.score(msgs, labels[::-1], margin=margin)
     assert reordered.logprobs[::-1] == pytest.approx(right.logprobs, abs=1e-5)
     assert len(wrong.logprobs) == len(labels)
+
+
+def _choice_by_hand(engine: ToyModelEngine, msgs, labels: list[str]) -> list[float]:
+    """Each label's probability of being chosen by constrained greedy sampling, from the raw logits:
+    at every prefix where the labels part, the next token's softmax restricted to the parting tokens."""
+    prompt = engine._tokenize(engine._chat(msgs, add_generation_prompt=True), first=True)
+    encoded = [engine._tokenize(w + "|", first=False) for w in labels]
+    out = []
+    for ct in encoded:
+        total = 0.0
+        for j in range(len(ct)):
+            options = sorted({o[j] for o in encoded if o[:j] == ct[:j] and len(o) > j})
+            if len(options) > 1:
+                row = engine._logits(prompt + ct[:j])
+                lp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+                total += float(lp[ct[j]] - np.log(np.exp(lp[options]).sum()))
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("margin", [None, 2.0, 6.0])
+def test_choice_scoring_is_the_constrained_choice_and_decodes_only_where_labels_part(margin):
+    engine = ToyModelEngine(sharpness=2.0)
+    rng = np.random.default_rng(11)
+    for case in range(60):
+        engine.seed = case
+        labels = _labels(rng, int(rng.integers(2, 20)))
+        msgs = [{"role": "user", "content": f"question {case}"}]
+        want = _choice_by_hand(engine, msgs, labels)
+        got = engine.score(msgs, labels, margin=margin, choice=True)
+        best = int(np.argmax(want))
+        assert int(np.argmax(got.logprobs)) == best
+        assert got.logprobs[best] == pytest.approx(want[best], abs=1e-4)
+        for w, g in zip(want, got.logprobs, strict=True):
+            assert g >= w - 1e-4  # exact, or an upper bound
+        if margin is None:  # every label scored: exact, a distribution, and no token past a label's last fork
+            assert got.logprobs == pytest.approx(want, abs=1e-4)
+            assert sum(math.exp(v) for v in got.logprobs) == pytest.approx(1.0, abs=1e-4)
+            assert got.usage.completion_tokens <= engine.score(msgs, labels).usage.completion_tokens
+
+
+def test_choice_scoring_decodes_nothing_after_the_labels_part():
+    """Labels that part at their first token: the prompt's call is the only one, with no label token in it."""
+    engine = ToyModelEngine(sharpness=1.0, intended="bca")
+    labels = ["bca", "abcd", "dab"]
+    engine.calls = 0
+    scored = engine.score([{"role": "user", "content": "q"}], labels, margin=6.0, choice=True)
+    assert labels[int(np.argmax(scored.logprobs))] == "bca"
+    assert engine.calls == 1 and scored.usage.completion_tokens == 0
+
+
+def test_choice_logprobs_from_per_token_logprobs_matches_the_engines():
+    """The helper the server engines use (per-token log-probabilities in, choice scores out) agrees with
+    the in-process search on the same toy model."""
+    from agentkit.engine import choice_logprobs
+
+    engine = ToyModelEngine(sharpness=2.0)
+    msgs = [{"role": "user", "content": "z"}]
+    labels = ["ab", "abc", "b", "bcd", "c", "cd"]
+    prompt = engine._tokenize(engine._chat(msgs, add_generation_prompt=True), first=True)
+    encoded = [engine._tokenize(w + "|", first=False) for w in labels]
+    per_token = []
+    for ct in encoded:
+        rows = []
+        for j in range(len(ct)):
+            row = engine._logits(prompt + ct[:j])
+            rows.append(float(row[ct[j]] - row.max() - np.log(np.exp(row - row.max()).sum())))
+        per_token.append(rows)
+    assert choice_logprobs(encoded, per_token) == pytest.approx(
+        engine.score(msgs, labels, choice=True).logprobs, abs=1e-4
+    )
+    assert choice_logprobs(encoded, per_token) == pytest.approx(_choice_by_hand(engine, msgs, labels), abs=1e-4)

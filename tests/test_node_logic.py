@@ -411,6 +411,32 @@ def test_a_tier_can_write_the_labels_in_its_own_words():
         task.variant(verbalizer={"card_arrival": "same", "top_up_failed": "same"})
 
 
+class _ChoiceRecordingEngine(FakeEngine):
+    """A fake engine that records whether it was asked to score as a choice (no model)."""
+
+    def score(self, messages, continuations, *, prefix=0, margin=None, choice=False):  # type: ignore[no-untyped-def]
+        self.choice_asked = choice
+        return super().score(messages, continuations, prefix=prefix, margin=margin)
+
+
+def test_a_tier_can_score_labels_as_a_choice():
+    """``scoring="choice"`` (a per-tier setting, as a tuned tier is bound) reaches the engine and is named in the
+    answer's method and the config hash; the default asks engines nothing new; a bad value is a ConfigError."""
+    task = Classify(["ham", "spam"])
+    stock, tuned = _ChoiceRecordingEngine(replies=["ham"]), _ChoiceRecordingEngine(replies=["spam"])
+    tuned_tier = Tier(spec="fake:tuned", name="tuned", engine=tuned, task={"scoring": "choice"})
+    stock_result = Node(task, [fake_tier("stock", stock)], Policy(threshold=0.5)).run("lunch at 1?")
+    tuned_result = Node(task, [tuned_tier], Policy(threshold=0.5)).run("WIN a prize now")
+    assert stock.choice_asked is False and tuned.choice_asked is True
+    assert tuned_result.value == "spam" and tuned_result.attempts[0].confidence_method.endswith("+choice")
+    assert not stock_result.attempts[0].confidence_method.endswith("+choice")
+    assert task.config_hash() != task.variant(scoring="choice").config_hash()
+    with pytest.raises(ConfigError):
+        Classify(["ham", "spam"], scoring="greedy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        task.variant(scoring="greedy")
+
+
 def test_llamacpp_extra_weight_buffers_follow_the_environment(monkeypatch):
     """AMX CPUs load without llama.cpp's extra buffers (they segfault there); the variable decides either way."""
     from agentkit.backends.llamacpp import _avoid_extra_buffers

@@ -112,6 +112,43 @@ def test_label_scoring_with_a_margin_decodes_less_and_keeps_the_answer(small, da
     assert decoded["pruned"] < decoded["exact"], decoded
 
 
+def test_choice_scoring_matches_raw_logits_and_decodes_less(small, datasets):
+    """``score(..., choice=True)`` on the real 0.5B against the same choice computed by hand from llama.cpp's
+    raw logits (every label's tokens evaluated, renormalized where the labels part), on real Banking77
+    queries; and it decodes fewer label tokens than whole-sequence scoring."""
+    from agentkit.backends.llamacpp import load_llama
+    from agentkit.engine import choice_logprobs
+
+    records = list(read_jsonl(datasets / "banking77" / "train.jsonl"))
+    labels = [label.replace("_", " ") for label in sorted({str(r["expected"]) for r in records})[:16]]
+    task = Classify(labels, instructions="Which banking intent does the customer message express?", k=0)
+    queries = [r["input"] for r in records if r["expected"].replace("_", " ") in labels][::131][:2]
+    inner = small.inner
+    eot = inner._end_of_turn()
+    raw = load_llama(inner.model_path, n_ctx=512, logits_all=True, verbose=False, n_threads=2)
+    try:
+        for q in queries:
+            msgs = task.prompt(q)
+            tokens, _ = inner._prompt_tokens(msgs, 0)
+            encoded, per_token = [], []
+            for label in labels:
+                cont = list(raw.tokenize((label + eot).encode(), add_bos=False, special=True))
+                raw.reset()
+                raw.eval(tokens + cont)
+                scores = np.asarray(raw.scores[: len(tokens) + len(cont)], dtype=np.float64)
+                rows = [scores[len(tokens) + j - 1] for j in range(len(cont))]
+                per_token.append([r[t] - (r.max() + math.log(np.exp(r - r.max()).sum())) for r, t in zip(rows, cont)])
+                encoded.append(cont)
+            want = choice_logprobs(encoded, per_token)
+            got = small.score(msgs, labels, prefix=1, choice=True)
+            assert got.logprobs == pytest.approx(want, abs=0.3)  # llama.cpp's batching noise
+            assert sum(math.exp(v) for v in got.logprobs) == pytest.approx(1.0, abs=1e-3)
+            sequence = small.score(msgs, labels, prefix=1)
+            assert got.usage.completion_tokens < sequence.usage.completion_tokens
+    finally:
+        raw.close()
+
+
 def test_prefix_is_reused_across_calls(small):
     task = Classify(["ham", "spam"], instructions="Spam or ham? " + "Be careful. " * 40)
     first = task.answer(small, "Are we still meeting for lunch today?")

@@ -239,7 +239,8 @@ def test_agentkit_tune_cli_end_to_end(tmp_path, sms):
 
     node = load_target(f"{app}:node")
     apply(tmp_path / "agentkit.toml", [node])
-    assert node.tiers[0].spec.endswith("merged.gguf") and node.tiers[0].task == {"k": 0, "static_per_label": 0}
+    assert node.tiers[0].spec.endswith("merged.gguf")
+    assert node.tiers[0].task == {"k": 0, "static_per_label": 0, "scoring": "choice"}
 
 
 def test_the_time_budget_stops_training_and_keeps_the_adapter(node, sms, tmp_path):

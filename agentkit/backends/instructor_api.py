@@ -174,6 +174,12 @@ class InstructorEngine:
         )
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         raise ConfigError(f"{self.name} cannot score continuations")

@@ -31,7 +31,7 @@ import time
 from dataclasses import replace
 from typing import Any, Literal
 
-from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import ConfigError, EngineError, ModelUnavailableError
 
 Flavor = Literal["auto", "vllm", "llamacpp", "openai"]
@@ -161,12 +161,19 @@ class OpenAIServerEngine:
         return self._generate(messages, constraint, max_tokens=max_tokens)
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         """Label scoring from ``prompt_logprobs`` (vLLM): the chat prompt tokenized by the server
         (``/tokenize``), each continuation + the end-of-turn marker appended, every sequence sent in
         one ``/completions`` request with ``max_tokens=1``; the log-probability of a continuation is
-        the sum over its tokens, as the local engines compute it."""
+        the sum over its tokens, as the local engines compute it (``choice``: as a choice among the
+        continuations, :func:`~agentkit.engine.choice_logprobs`)."""
         self._setup()
         if not self._caps.scoring:
             raise ConfigError(f"{self.name} cannot score continuations", hint="tasks use a choice constraint instead")
@@ -179,13 +186,14 @@ class OpenAIServerEngine:
                 extra_body={"prompt_logprobs": 0},
             )
         )  # fmt: skip
-        totals = [0.0] * len(bodies)
-        for choice in response.choices:
-            rows = (getattr(choice, "prompt_logprobs", None) or (choice.model_extra or {}).get("prompt_logprobs"))[
+        per_token: list[list[float]] = [[] for _ in bodies]
+        for reply in response.choices:
+            rows = (getattr(reply, "prompt_logprobs", None) or (reply.model_extra or {}).get("prompt_logprobs"))[
                 len(base) :
             ]
-            body = bodies[choice.index]
-            totals[choice.index] = sum(float(row[str(tok)]["logprob"]) for tok, row in zip(body, rows, strict=True))
+            body = bodies[reply.index]
+            per_token[reply.index] = [float(row[str(tok)]["logprob"]) for tok, row in zip(body, rows, strict=True)]
+        totals = choice_logprobs(bodies, per_token) if choice else [sum(lps) for lps in per_token]
         n = len(base) * len(bodies) + sum(len(b) for b in bodies)
         return Scores(logprobs=totals, usage=Usage(prompt_tokens=n, seconds=time.perf_counter() - t0))
 

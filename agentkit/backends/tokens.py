@@ -312,10 +312,18 @@ class TokenEngine:
             )
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         """Log-probability that the assistant's reply is exactly each continuation
-        (its tokens and the end-of-turn marker).
+        (its tokens and the end-of-turn marker); ``choice``: as a choice among the continuations
+        (:func:`~agentkit.engine.choice_logprobs`: only the tokens where continuations part are
+        scored, so a continuation's tokens after its last parting point are never decoded).
 
         Without a ``margin`` every continuation is decoded; continuations that share leading
         tokens share their decoded cache entries. With a ``margin`` the continuations are searched
@@ -341,9 +349,10 @@ class TokenEngine:
             for c, ct in zip(continuations, encoded, strict=True):
                 if not ct:
                     raise ValueError(f"continuation {c!r} has no tokens")
-            guess = encoded[0][:-1] if encoded else []  # decoded with the prompt, in the same call
+            search = _PrefixSearch(self, len(tokens), encoded, choice=choice)
+            guess = search.wanted(encoded[0]) if encoded else []  # decoded with the prompt, in the same call
             logits, reused = self._feed(tokens, prefix_len, guess)
-            search = _PrefixSearch(self, len(tokens), log_softmax(logits), guess)
+            search.seed(log_softmax(logits), guess)
             totals = search.exact(encoded) if margin is None else search.best_first(encoded, margin)
             self._truncate(len(tokens))
             usage = Usage(
@@ -367,16 +376,36 @@ class _PrefixSearch:
     """Scores token sequences that continue an engine's cached prompt (which ends at ``base``).
 
     The log-softmax row after each decoded prefix is kept, so a prefix shared by several
-    continuations is decoded once, and a prefix still in the cache is never decoded again."""
+    continuations is decoded once, and a prefix still in the cache is never decoded again.
+    ``choice``: a token counts only where the sequences part, renormalized over the tokens they
+    part into (see :func:`~agentkit.engine.choice_logprobs`); the rest is never decoded."""
 
-    def __init__(self, engine: TokenEngine, base: int, fed: np.ndarray, guess: list[int]) -> None:
-        """``fed``: the log-probability rows after the prompt and after each token of ``guess``,
-        which the cache holds after the prompt."""
+    def __init__(self, engine: TokenEngine, base: int, encoded: list[list[int]], *, choice: bool = False) -> None:
         self.engine = engine
         self.base = base
-        self.rows: dict[tuple[int, ...], np.ndarray] = {tuple(guess[:j]): fed[j] for j in range(len(guess) + 1)}
-        self.decoded = len(guess)
+        self.rows: dict[tuple[int, ...], np.ndarray] = {}
+        self.decoded = 0
         """Tokens decoded after the prompt."""
+        self.forks: dict[tuple[int, ...], list[int]] | None = None
+        """``choice``: the prefixes where sequences part, and the tokens they part into."""
+        if choice:
+            nexts: dict[tuple[int, ...], set[int]] = {}
+            for ct in encoded:
+                for j in range(len(ct)):
+                    nexts.setdefault(tuple(ct[:j]), set()).add(ct[j])
+            self.forks = {node: sorted(tokens) for node, tokens in nexts.items() if len(tokens) > 1}
+
+    def wanted(self, ct: list[int]) -> list[int]:
+        """The tokens of ``ct`` to decode to score it: all but its last, or (``choice``) up to its last fork."""
+        if self.forks is None:
+            return ct[:-1]
+        return ct[: max((j for j in range(len(ct)) if tuple(ct[:j]) in self.forks), default=0)]
+
+    def seed(self, fed: np.ndarray, guess: list[int]) -> None:
+        """``fed``: the log-probability rows after the prompt and after each token of ``guess``,
+        which the cache holds after the prompt."""
+        self.rows.update({tuple(guess[:j]): fed[j] for j in range(len(guess) + 1)})
+        self.decoded += len(guess)
 
     def row_after(self, path: tuple[int, ...]) -> np.ndarray:
         """Log-probabilities of the next token after ``path``; decodes what the cache lacks."""
@@ -392,10 +421,24 @@ class _PrefixSearch:
         self.decoded += len(path) - keep
         return out[-1]
 
+    def step(self, node: tuple[int, ...], token: int) -> float:
+        """The log-probability of ``token`` after ``node`` (``choice``: 0 where it is the only way on)."""
+        if self.forks is not None and node not in self.forks:
+            return 0.0
+        row = self.rows[node] if node in self.rows else self.row_after(node)
+        if self.forks is None:
+            return float(row[token])
+        among = row[self.forks[node]]
+        top = float(among.max())
+        return float(row[token]) - top - math.log(float(np.exp(among - top).sum()))
+
     def logprob(self, ct: list[int], start: int = 0, bound: float = 0.0) -> float:
         """``bound`` (the log-probability of ``ct[:start]``) plus that of the rest of ``ct``."""
-        self.row_after(tuple(ct[:-1]))  # decodes every missing prefix of ct in one call
-        return bound + sum(float(self.rows[tuple(ct[:j])][ct[j]]) for j in range(start, len(ct)))
+        self.row_after(tuple(self.wanted(ct)))  # decodes every missing prefix of ct in one call
+        steps = range(start, len(ct))
+        if self.forks is not None:
+            steps = [j for j in steps if tuple(ct[:j]) in self.forks]
+        return bound + sum(self.step(tuple(ct[:j]), ct[j]) for j in steps)
 
     def exact(self, encoded: list[list[int]]) -> list[float]:
         """Every sequence decoded (in token order, so neighbours share the cache)."""
@@ -416,12 +459,11 @@ class _PrefixSearch:
             count += 1
 
         def branch(bound: float, node: tuple[int, ...], members: list[int]) -> None:
-            row = self.row_after(node)
             children: dict[int, list[int]] = {}
             for i in members:
                 children.setdefault(encoded[i][len(node)], []).append(i)
             for token, ids in children.items():
-                push(bound + float(row[token]), (*node, token), ids)
+                push(bound + self.step(node, token), (*node, token), ids)
 
         branch(0.0, (), list(range(len(encoded))))
         best: float | None = None

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
 MAX_BATCH = 64
@@ -235,10 +235,17 @@ class VLLMOfflineEngine:
         )
 
     def score(
-        self, messages: list[Message], continuations: list[str], *, prefix: int = 0, margin: float | None = None
+        self,
+        messages: list[Message],
+        continuations: list[str],
+        *,
+        prefix: int = 0,
+        margin: float | None = None,
+        choice: bool = False,
     ) -> Scores:
         """Log-probability that the reply is exactly each continuation (and the end-of-turn marker),
-        from ``prompt_logprobs`` over the prompt + continuation; all continuations in one batch."""
+        from ``prompt_logprobs`` over the prompt + continuation; all continuations in one batch.
+        ``choice``: as a choice among them (:func:`~agentkit.engine.choice_logprobs`)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -250,10 +257,11 @@ class VLLMOfflineEngine:
         prompts = [TokensPrompt(prompt_token_ids=base + b) for b in bodies]
         params = [SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0) for _ in bodies]
         outs = self._run(prompts, params)
-        totals = []
+        per_token = []
         for body, out in zip(bodies, outs, strict=True):
             rows = out.prompt_logprobs[len(base) :]
-            totals.append(sum(row[tok].logprob for tok, row in zip(body, rows, strict=True)))
+            per_token.append([float(row[tok].logprob) for tok, row in zip(body, rows, strict=True)])
+        totals = choice_logprobs(bodies, per_token) if choice else [sum(lps) for lps in per_token]
         n = len(base) * len(bodies) + sum(len(b) for b in bodies)
         cached = sum(getattr(o, "num_cached_tokens", 0) or 0 for o in outs)
         usage = Usage(prompt_tokens=n, cached_tokens=cached, seconds=time.perf_counter() - t0)

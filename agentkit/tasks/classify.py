@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from agentkit.engine import Constraint, Engine, Message, Usage
 from agentkit.errors import ConfigError
@@ -49,6 +49,7 @@ class Classify(Task):
         abstain_label: str | None = None,
         list_labels: bool = True,
         score_margin: float | None = 10.0,
+        scoring: Literal["sequence", "choice"] = "sequence",
     ) -> None:
         """
         Args:
@@ -77,6 +78,13 @@ class Classify(Task):
                 this many nats of it (else their probability is bounded by their first tokens'; the
                 confidence reported is never higher than the exact one). A confident model decodes
                 little more than its answer, however many labels. ``None``: decode every label.
+            scoring: a label's probability is its whole token sequence's (``sequence``), or that of
+                choosing it among the scored labels token by token (``choice``: each token where the
+                labels part renormalized over the tokens they part into, as constrained decoding
+                would choose; the tokens after a label's last parting point are never decoded). A
+                model tuned on the labels puts nearly all its probability on them, so both agree
+                for it, and ``choice`` decodes a token or two where ``sequence`` decodes the whole
+                label (:func:`~agentkit.engine.choice_logprobs`).
         """
         if isinstance(labels, Mapping):
             self.descriptions = {str(k_): str(v) for k_, v in labels.items()}
@@ -98,6 +106,7 @@ class Classify(Task):
         self.example_chars = example_chars
         self.static_per_label = static_per_label
         self.verbalizer = dict(verbalizer or {})
+        self.scoring = scoring
         self._set_words()
         self.calibrate = calibrate
         self.vote_k = vote_k
@@ -120,7 +129,10 @@ class Classify(Task):
         return self.abstain_label
 
     def _set_words(self) -> None:
-        """Complete ``verbalizer`` (a label without a word is written as itself) and derive from it."""
+        """Check how labels are scored, complete ``verbalizer`` (a label without a word is written as
+        itself) and derive from it."""
+        if self.scoring not in ("sequence", "choice"):
+            raise ConfigError(f"scoring must be 'sequence' or 'choice', not {self.scoring!r}")
         self.verbalizer = {label: str(self.verbalizer.get(label, label)) for label in self.labels}
         if len(set(self.verbalizer.values())) != len(self.labels):
             raise ConfigError("verbalizer must map labels to distinct words")
@@ -200,7 +212,8 @@ class Classify(Task):
     def _distribution(self, engine: Engine, msgs: list[Message], labels: list[str]) -> tuple[dict[str, float], Any]:
         margin = None if self.calibrate else self.score_margin  # calibration reorders: bounds would not hold
         words = [self.verbalizer[c] for c in labels]
-        scored = engine.score(msgs, words, prefix=len(self.fixed_messages()), margin=margin)
+        extra = {"choice": True} if self.scoring == "choice" else {}  # engines written before it need not know it
+        scored = engine.score(msgs, words, prefix=len(self.fixed_messages()), margin=margin, **extra)
         logps = dict(zip(labels, scored.logprobs, strict=True))
         if self.calibrate:
             prior = self.prior(engine)
@@ -253,6 +266,8 @@ class Classify(Task):
             dist, usage = self._distribution(engine, msgs, cands)
             best = max(dist, key=dist.__getitem__)
             method = "label-scoring" if len(cands) == len(self.labels) else f"label-scoring:shortlist{len(cands)}"
+            if self.scoring == "choice":
+                method += "+choice"
             if self.calibrate:
                 method += "+calibrated"
             return Answer(
@@ -296,6 +311,7 @@ class Classify(Task):
             "abstain_label": self.abstain_label,
             "retrieval": self.index.retrieval if self.index else None,
             "examples": len(self.index) if self.index else 0,
+            **({"scoring": self.scoring} if self.scoring != "sequence" else {}),  # older configs keep their hash
         }
 
 
