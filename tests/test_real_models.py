@@ -137,7 +137,9 @@ def test_choice_scoring_matches_raw_logits_and_decodes_less(small, datasets):
                 raw.eval(tokens + cont)
                 scores = np.asarray(raw.scores[: len(tokens) + len(cont)], dtype=np.float64)
                 rows = [scores[len(tokens) + j - 1] for j in range(len(cont))]
-                per_token.append([r[t] - (r.max() + math.log(np.exp(r - r.max()).sum())) for r, t in zip(rows, cont)])
+                per_token.append(
+                    [r[t] - (r.max() + math.log(np.exp(r - r.max()).sum())) for r, t in zip(rows, cont, strict=True)]
+                )
                 encoded.append(cont)
             want = choice_logprobs(encoded, per_token)
             got = small.score(msgs, labels, prefix=1, choice=True)
