@@ -425,7 +425,7 @@ class _PrefixSearch:
         """The log-probability of ``token`` after ``node`` (``choice``: 0 where it is the only way on)."""
         if self.forks is not None and node not in self.forks:
             return 0.0
-        row = self.rows[node] if node in self.rows else self.row_after(node)
+        row = self.row_after(node)
         if self.forks is None:
             return float(row[token])
         among = row[self.forks[node]]
