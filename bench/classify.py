@@ -41,6 +41,10 @@ INSTRUCTIONS = {
     ),
     "banking77": "Which banking intent does the customer's message express?",
     "clinc150_oos": "Which intent does the user's request express?",
+    "squad_answerability": (
+        "Does the passage state the answer to the question? answerable = it does; unanswerable = it does not"
+        " (the passage never says it, or says something else)."
+    ),
 }
 
 
