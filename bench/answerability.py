@@ -7,8 +7,9 @@ so retrieval plays no part) as a yes/no classification: "does the passage state 
 P(yes) from the tier's label scores ranks the questions; the ranking's AUC and the share of
 answerable questions still answered when 80% of the unanswerable ones are refused say how far
 an abstention rule built on that tier's judgement can go: a ``GroundedAnswer`` that abstains
-correctly on 80% by it keeps about that share of its answers (less, with retrieval misses). ``--write-pairs FILE`` writes the
-(passage, question) records instead, the format ``bench/tune.py --data`` trains on:
+correctly on 80% by it keeps about that share of its answers (less, with retrieval misses).
+``--write-pairs FILE`` writes the (passage, question) records instead, the format
+``bench/tune.py --data`` trains on:
 
     python bench/answerability.py --corpus bench/data/squad_v2_train10/corpus.jsonl \
         --data bench/data/squad_v2_train10/questions.jsonl \

@@ -30,7 +30,9 @@ def main() -> None:
     p.add_argument("--corpus", default=str(SQUAD / "corpus.jsonl"), help="documents (file or folder)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     p.add_argument("--mode", default="auto", choices=["auto", "per_passage", "joint"])
-    p.add_argument("--verify", action="store_true", help="check each extracted answer with a yes/no question")
+    p.add_argument("--verify", nargs="?", const="answer", default=False, choices=["answer", "passage"],
+                   help="check each extracted answer with a yes/no question (GroundedAnswer(verify=)): 'answer' "
+                        "(default): does the passage state this answer; 'passage': does it state one")  # fmt: skip
     p.add_argument("--escalate-abstentions", action="store_true", help="a cheaper tier's abstention asks the next tier")
     p.set_defaults(limit=208)
     args = p.parse_args()

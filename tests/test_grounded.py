@@ -50,6 +50,18 @@ def test_question_the_corpus_cannot_answer_is_abstained_on(node):
     assert result.value["citations"] == []
 
 
+def test_passage_judgement_is_the_confidence_of_a_judged_answer(corpus, large):
+    """verify="passage": after reading an answer, the tier is asked whether the passage states the
+    answer to the question at all; that probability is the answer's confidence."""
+    task = GroundedAnswer(corpus, k=2, verify="passage")
+    answer = task.answer(large, "What century did the Normans first gain their separate identity?")
+    assert answer.value["answerable"] and "10th century" in answer.value["answer"]
+    assert answer.method.endswith("+judged")
+    assert answer.confidence == pytest.approx(answer.details["p_judged"], abs=1e-4)
+    assert answer.confidence > 0.5  # the passage states it
+    assert answer.usage.prompt_tokens > 0
+
+
 def test_question_sharing_no_term_abstains_without_asking_a_model(node):
     result = node.run("What is the boiling point of water on Mars?")
     assert result.ok and result.value == {"answerable": False, "answer": None, "citations": [], "retrieved": []}

@@ -330,6 +330,15 @@ def test_grounded_bad_questions_are_recorded_failures(tiny_corpus):
     assert not engine.calls  # no tier was asked
 
 
+def test_grounded_verify_takes_only_its_named_checks(tiny_corpus):
+    from agentkit.tasks.grounded import GroundedAnswer
+
+    for ok in (False, True, "answer", "passage"):
+        assert GroundedAnswer(tiny_corpus, verify=ok).settings()["verify"] == ok
+    with pytest.raises(ValueError, match="verify must be"):
+        GroundedAnswer(tiny_corpus, verify="span")  # type: ignore[arg-type]
+
+
 def test_question_sharing_no_term_with_the_corpus_abstains_without_a_model_call(tiny_corpus):
     from agentkit.tasks.grounded import GroundedAnswer
 
