@@ -68,6 +68,13 @@ def _add(a: Usage, b: Usage) -> Usage:
     )
 
 
+def _p_yes(engine: Engine, messages: list[Message]) -> tuple[float, Usage]:
+    """P("yes") against P("no") as the reply to ``messages`` (the system message a cached prefix)."""
+    scored = engine.score(messages, ["yes", "no"], prefix=1)
+    yes, no = scored.logprobs
+    return 1.0 / (1.0 + math.exp(no - yes)), scored.usage
+
+
 def supported(answer: str, passage: str) -> bool:
     """Whether ``answer`` occurs in ``passage`` (whitespace-collapsed, case-folded)."""
     a = normalize_text(answer).strip(" .,;:")
@@ -208,9 +215,7 @@ class GroundedAnswer(Task):
             f"Question: {question}\nProposed answer: {answer}\n"
             "Does the passage state that this is the answer to the question? Reply yes or no.",
         )
-        scored = engine.score(msgs, ["yes", "no"], prefix=1)
-        yes, no = scored.logprobs
-        return 1.0 / (1.0 + math.exp(no - yes)), scored.usage
+        return _p_yes(engine, msgs)
 
     def _judge(self, engine: Engine, passage: Passage, question: str) -> tuple[float, Usage]:
         """P(yes) vs P(no), normalized, that ``passage`` states the answer to ``question``."""
@@ -219,9 +224,7 @@ class GroundedAnswer(Task):
             {"role": "system", "content": JUDGE_INSTRUCTIONS},
             {"role": "user", "content": f"Passage{title}:\n{passage.text}\n\nQuestion: {question}"},
         ]
-        scored = engine.score(msgs, ["yes", "no"], prefix=1)
-        yes, no = scored.logprobs
-        return 1.0 / (1.0 + math.exp(no - yes)), scored.usage
+        return _p_yes(engine, msgs)
 
     @staticmethod
     def _span_confidence(gen: Any, p_yes: float) -> float:
