@@ -35,7 +35,7 @@ class Answer:
 
 TASK_KNOBS = (
     "k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k", "list_labels", "static_per_label",
-    "verbalizer", "score_margin", "scoring",
+    "verbalizer", "score_margin", "scoring", "verify",
 )  # fmt: skip
 """Task attributes that can change after the task is built: a config file may set them, and a tier
 may override them for itself (``Tier(..., task={"k": 0})``)."""

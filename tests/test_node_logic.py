@@ -335,8 +335,12 @@ def test_grounded_verify_takes_only_its_named_checks(tiny_corpus):
 
     for ok in (False, True, "answer", "passage"):
         assert GroundedAnswer(tiny_corpus, verify=ok).settings()["verify"] == ok
-    with pytest.raises(ValueError, match="verify must be"):
+    with pytest.raises(ConfigError, match="verify must be"):
         GroundedAnswer(tiny_corpus, verify="span")  # type: ignore[arg-type]
+    task = GroundedAnswer(tiny_corpus)
+    assert task.variant(verify="passage").settings()["verify"] == "passage"  # a tier's own setting
+    with pytest.raises(ConfigError, match="verify must be"):
+        task.variant(verify="span")
 
 
 def test_question_sharing_no_term_with_the_corpus_abstains_without_a_model_call(tiny_corpus):

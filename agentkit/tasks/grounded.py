@@ -29,7 +29,7 @@ import pydantic
 from agentkit.corpus import Corpus, Passage
 from agentkit.data import normalize_text
 from agentkit.engine import Constraint, Engine, Message, Usage
-from agentkit.errors import InputError
+from agentkit.errors import ConfigError, InputError
 from agentkit.policy import Policy
 from agentkit.task import Answer, Task
 from agentkit.tasks.extract import low_quantile
@@ -107,7 +107,8 @@ class GroundedAnswer(Task):
             quantile: the answer's confidence is this low quantile of its tokens' probabilities.
             mode: ``auto`` = per passage where the engine gives token probabilities, joint otherwise.
             verify: after extracting an answer, ask the same tier a yes/no question (scored and
-                normalized). ``"answer"`` (or ``True``): does the passage state that this is the answer?
+                normalized); a tier may set its own (``Tier(..., task={"verify": "passage"})``).
+                ``"answer"`` (or ``True``): does the passage state that this is the answer?
                 — confidence is the lower of that and the span's. ``"passage"``: does the passage state
                 the answer to the question? (the proposed answer not shown) — confidence is that
                 probability alone, a judgement of answerability rather than of the span.
@@ -116,8 +117,6 @@ class GroundedAnswer(Task):
         """
         if k < 1:
             raise ValueError("k must be at least 1")
-        if verify not in (False, True, "answer", "passage"):
-            raise ValueError(f"verify must be False, True, 'answer' or 'passage', not {verify!r}")
         self.corpus = corpus
         self.k = k
         self.instructions = instructions
@@ -126,8 +125,13 @@ class GroundedAnswer(Task):
         self.mode = mode
         self.extractive = extractive
         self.verify = verify
+        self._forget()
         self._line_constraint = Constraint.regex(r"(no|yes: [^\n]{1,300})")
         self._joint_constraint = Constraint.json_schema(_joint_schema(k))
+
+    def _forget(self) -> None:
+        if self.verify not in (False, True, "answer", "passage"):  # also a tier's own setting (TASK_KNOBS)
+            raise ConfigError(f"verify must be False, True, 'answer' or 'passage', not {self.verify!r}")
 
     def default_policy(self) -> Policy:
         return Policy(when_unsure="abstain")
