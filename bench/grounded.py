@@ -17,7 +17,7 @@ import time
 
 from _common import DATASETS, emit, evaluate, parser
 
-from agentkit import Node, Policy
+from agentkit import Node, Policy, Tier
 from agentkit.corpus import Corpus
 from agentkit.data import read_jsonl, sample
 from agentkit.tasks.grounded import GroundedAnswer
@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--verify", nargs="?", const="answer", default=False, choices=["answer", "passage"],
                    help="check each extracted answer with a yes/no question (GroundedAnswer(verify=)): 'answer' "
                         "(default): does the passage state this answer; 'passage': does it state one")  # fmt: skip
+    p.add_argument("--verify-from", type=int, default=0,
+                   help="with --verify: only tiers from this index on check (Tier(task={'verify': ...}))")  # fmt: skip
     p.add_argument("--escalate-abstentions", action="store_true", help="a cheaper tier's abstention asks the next tier")
     p.set_defaults(limit=208)
     args = p.parse_args()
@@ -48,11 +50,14 @@ def main() -> None:
     ) / len(items)
     task = GroundedAnswer(corpus, k=args.k, mode=args.mode, verify=args.verify)
     policy = Policy(when_unsure="abstain", escalate_abstentions=args.escalate_abstentions)
-    node = Node(task, args.tiers.split(","), policy)
+    tiers = [Tier(spec, task={"verify": False}) if i < args.verify_from else Tier(spec)
+             for i, spec in enumerate(args.tiers.split(","))]  # fmt: skip
+    node = Node(task, tiers, policy)
     n_unans = sum(not it["expected"]["answerable"] for it in items)
     print(
         f"{args.data} — n={len(items)} ({n_unans} unanswerable), corpus={len(corpus)} passages"
-        f" (indexed in {index_s:.1f} s), k={args.k}, mode={args.mode}, verify={args.verify},"
+        f" (indexed in {index_s:.1f} s), k={args.k}, mode={args.mode}, verify={args.verify} from tier"
+        f" {args.verify_from},"
         f" recall@{args.k}={recall:.3f}"
     )
     report = evaluate(node, items, args, thresholds=(0.3, 0.5, 0.6, 0.7, 0.8, 0.9))
@@ -67,6 +72,7 @@ def main() -> None:
             "split": report.get("split"),
             "k": args.k,
             "verify": args.verify,
+            "verify_from": args.verify_from,
             "escalate_abstentions": args.escalate_abstentions,
             "recall_at_k": round(recall, 4),
             "config": pick,
