@@ -75,6 +75,12 @@ def _p_yes(engine: Engine, messages: list[Message]) -> tuple[float, Usage]:
     return 1.0 / (1.0 + math.exp(no - yes)), scored.usage
 
 
+def _passage_block(passage: Passage) -> str:
+    """A passage as the reader and the judge see it: ``Passage (title):`` and its text."""
+    title = f" ({passage.title})" if passage.title else ""
+    return f"Passage{title}:\n{passage.text}"
+
+
 def supported(answer: str, passage: str) -> bool:
     """Whether ``answer`` occurs in ``passage`` (whitespace-collapsed, case-folded)."""
     a = normalize_text(answer).strip(" .,;:")
@@ -151,8 +157,7 @@ class GroundedAnswer(Task):
     # ---- per passage ---------------------------------------------------------------
 
     def system_prompt(self, passage: Passage) -> str:
-        title = f" ({passage.title})" if passage.title else ""
-        return f"{self.instructions}\n\nPassage{title}:\n{passage.text}"
+        return f"{self.instructions}\n\n{_passage_block(passage)}"
 
     def reply_constraint(self, passage: Passage) -> Constraint:
         """``no``, or ``yes:`` and then a span of ``passage`` (or any one line if not extractive)."""
@@ -223,10 +228,9 @@ class GroundedAnswer(Task):
 
     def _judge(self, engine: Engine, passage: Passage, question: str) -> tuple[float, Usage]:
         """P(yes) vs P(no), normalized, that ``passage`` states the answer to ``question``."""
-        title = f" ({passage.title})" if passage.title else ""
         msgs: list[Message] = [
             {"role": "system", "content": JUDGE_INSTRUCTIONS},
-            {"role": "user", "content": f"Passage{title}:\n{passage.text}\n\nQuestion: {question}"},
+            {"role": "user", "content": f"{_passage_block(passage)}\n\nQuestion: {question}"},
         ]
         return _p_yes(engine, msgs)
 
