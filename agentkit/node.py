@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.errors import AgentkitError, InputError, TaskFailed
-from agentkit.policy import Policy
+from agentkit.policy import Decision, Policy, Rung, Verdict
 from agentkit.result import Attempt, Result, Trace, publish
 from agentkit.task import Answer, Task
 from agentkit.tier import Tier
@@ -110,43 +110,55 @@ class Node:
         except InputError as e:
             return self._input_failure(e, value, input_id)
         result = Result(node=self.name, ok=False, input_id=input_id, config_hash=self.config_hash(), input_text=text)
-        candidates: list[tuple[float, Attempt]] = []
-        for index, tier in enumerate(self.tiers):
-            attempt = self._attempt(tier, text)
+        rungs: list[Rung] = []
+        for tier in self.tiers:
+            attempt = self.attempt(tier, text)
             result.attempts.append(attempt)
-            last = index == len(self.tiers) - 1
-            if attempt.outcome not in ("accepted", "low_confidence"):
-                continue  # invalid, engine or context error: the next tier may do better
-            abstains = self.task.is_abstention(attempt.value)
-            if self.policy.accepts_answer(attempt.confidence, last=last, abstains=abstains):
-                return self._accept(result, attempt, "confident" if attempt.confidence is not None else "no_confidence")
-            if self.policy.passes_up(abstains=abstains, last=last):
-                attempt.outcome, attempt.reason = "low_confidence", "abstained; the policy escalates abstentions"
-            if attempt.confidence is None:
-                attempt.outcome, attempt.reason = (
-                    "low_confidence",
-                    "tier gives no confidence; not accepted before the last tier",
-                )
-                continue
-            candidates.append((attempt.confidence, attempt))
-        if candidates and self.policy.when_unsure == "best":
-            best = max(candidates, key=lambda c: c[0])[1]
-            return self._accept(result, best, "below_threshold")
+            rungs.append(self.rung(attempt))
+            decision = self.policy.decide(rungs, tiers=len(self.tiers))
+            self._mark(attempt, decision.verdicts[-1])
+            if decision.action != "next":
+                break
+        return self._finish(self._conclude(result, decision))
+
+    def rung(self, attempt: Attempt) -> Rung:
+        """What the policy weighs of ``attempt``."""
+        valid = attempt.outcome == "accepted"
+        return Rung(valid, attempt.confidence, valid and self.task.is_abstention(attempt.value))
+
+    def _mark(self, attempt: Attempt, verdict: Verdict) -> None:
+        """Record on ``attempt`` why the policy passed it over."""
+        if verdict in ("accept", "invalid"):
+            return
+        attempt.outcome = "low_confidence"
+        if verdict == "passed_up":
+            attempt.reason = "abstained; the policy escalates abstentions"
+        elif verdict == "unscored":
+            attempt.reason = "tier gives no confidence; not accepted before the last tier"
+        else:
+            assert attempt.confidence is not None
+            attempt.reason = f"confidence {attempt.confidence:.3f} < threshold {self.policy.threshold}"
+            fields = attempt.details.get("field_confidence") or {}  # an extraction: say which fields
+            counted = {f: c for f, c in fields.items() if f not in attempt.details.get("settled_fields", ())}
+            weak = sorted((c, f) for f, c in counted.items() if c < self.policy.threshold)
+            if weak:
+                attempt.reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"
+
+    def _conclude(self, result: Result, decision: Decision) -> Result:
+        """``result`` as ``decision`` makes it."""
+        if decision.action == "accept":
+            assert decision.index is not None
+            attempt = result.attempts[decision.index]
+            result.ok, result.value, result.confidence = True, attempt.value, attempt.confidence
+            result.tier, result.accepted = attempt.tier, decision.how
+            return result
         result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
-        if self.policy.when_unsure == "abstain":
+        if decision.action == "abstain":
             result.ok, result.accepted = True, "abstained"
             # a tier's own abstention keeps what it saw (the passages it retrieved); else the task's
-            own = [a.value for a in result.attempts if a.outcome != "invalid" and self.task.is_abstention(a.value)]
-            result.value = own[-1] if own else self.task.abstention(result.reason)
-        return self._finish(result)
-
-    def _accept(self, result: Result, attempt: Attempt, how: str) -> Result:
-        result.ok = True
-        result.value = attempt.value
-        result.confidence = attempt.confidence
-        result.tier = attempt.tier
-        result.accepted = how  # type: ignore[assignment]
-        return self._finish(result)
+            own = decision.index
+            result.value = result.attempts[own].value if own is not None else self.task.abstention(result.reason)
+        return result
 
     def _finish(self, result: Result) -> Result:
         if self.trace is not None:
@@ -156,7 +168,8 @@ class Node:
             raise TaskFailed(result)
         return result
 
-    def _attempt(self, tier: Tier, text: str) -> Attempt:
+    def attempt(self, tier: Tier, text: str) -> Attempt:
+        """Ask ``tier`` once (transient errors retried): its answer, validated, or the error it met."""
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
         assert tier.engine is not None
@@ -209,14 +222,6 @@ class Node:
         )
         if answer.problems:
             attempt.outcome, attempt.reason = "invalid", "; ".join(answer.problems)
-        elif answer.confidence is not None and answer.confidence < self.policy.threshold:
-            attempt.outcome = "low_confidence"
-            attempt.reason = f"confidence {answer.confidence:.3f} < threshold {self.policy.threshold}"
-            fields = answer.details.get("field_confidence") or {}  # an extraction: say which fields
-            counted = {f: c for f, c in fields.items() if f not in answer.details.get("settled_fields", ())}
-            weak = sorted((c, f) for f, c in counted.items() if c < self.policy.threshold)
-            if weak:
-                attempt.reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"
         return attempt
 
     @staticmethod

@@ -1,9 +1,51 @@
-"""Policy: when a node accepts an answer, retries a tier, escalates, or gives up."""
+"""Policy: when a node accepts an answer, retries a tier, escalates, or gives up.
+
+:meth:`Policy.decide` is the ladder's one decision rule. :class:`~agentkit.node.Node` calls it after
+each tier's answer, and ``agentkit eval`` calls it on cached answers to derive every cascade, so the
+thresholds eval picks are measured on the rule a node runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from agentkit.errors import ConfigError
+
+Verdict = Literal["accept", "invalid", "passed_up", "unscored", "low_confidence"]
+"""What the policy made of one tier's answer: ``accept``; ``invalid`` (it did not validate, or the tier
+failed); ``passed_up`` (an abstention sent on under ``escalate_abstentions``); ``unscored`` (no
+confidence, before the last tier); ``low_confidence`` (below the threshold)."""
+
+Acceptance = Literal["confident", "no_confidence", "below_threshold", "abstained", ""]
+"""How a result was accepted (``Result.accepted``)."""
+
+
+@dataclass(frozen=True)
+class Rung:
+    """What the policy weighs of one tier's answer."""
+
+    valid: bool
+    """The answer parsed and validated (an invalid answer or a tier's error is not valid)."""
+    confidence: float | None = None
+    """The tier's confidence, ``None`` when the tier gives none."""
+    abstains: bool = False
+    """The answer is itself an abstention (a grounded "not in these passages")."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's decision after the rungs asked so far."""
+
+    action: Literal["next", "accept", "abstain", "fail"]
+    """``next``: ask the next tier; else the node's result."""
+    index: int | None = None
+    """The rung whose answer is returned: the accepted one, or (``abstain``) the last rung that
+    abstained on its own — ``None`` when no rung did and the task's own abstention is returned."""
+    how: Acceptance = ""
+    verdicts: tuple[Verdict, ...] = ()
+    """One per rung asked, in order."""
 
 
 @dataclass(frozen=True)
@@ -31,23 +73,43 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.retries < 0:
-            raise ValueError("retries must be >= 0")
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        for name, allowed in (
+            ("when_unsure", ("best", "fail", "abstain")),
+            ("on_failure", ("return", "raise")),
+            ("too_long", ("fail", "truncate")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
-    def accepts(self, confidence: float | None, *, last: bool) -> bool:
-        """Whether a valid answer with ``confidence`` is accepted at this rung.
+    def verdict(self, rung: Rung, *, last: bool) -> Verdict:
+        """What one tier's answer comes to at its place on the ladder."""
+        if not rung.valid:
+            return "invalid"
+        if rung.abstains and self.escalate_abstentions and not last:
+            return "passed_up"
+        if rung.confidence is None:
+            return "accept" if last else "unscored"  # validation alone suffices only at the top
+        return "accept" if rung.confidence >= self.threshold else "low_confidence"
 
-        No confidence (the tier cannot give one) is accepted on validation alone only at the last tier."""
-        if confidence is None:
-            return last
-        return confidence >= self.threshold
-
-    def passes_up(self, *, abstains: bool, last: bool) -> bool:
-        """Whether an answer goes to the next tier whatever its confidence: a cheaper tier's
-        abstention under ``escalate_abstentions``."""
-        return abstains and self.escalate_abstentions and not last
-
-    def accepts_answer(self, confidence: float | None, *, last: bool, abstains: bool) -> bool:
-        """:meth:`accepts`, unless the answer :meth:`passes_up`."""
-        return not self.passes_up(abstains=abstains, last=last) and self.accepts(confidence, last=last)
+    def decide(self, rungs: Sequence[Rung], *, tiers: int) -> Decision:
+        """The decision after asking the first ``len(rungs)`` of ``tiers`` tiers, cheapest first."""
+        if not 0 < len(rungs) <= tiers:
+            raise ValueError(f"{len(rungs)} answers for a ladder of {tiers} tiers")
+        verdicts = tuple(self.verdict(r, last=i == tiers - 1) for i, r in enumerate(rungs))
+        last = len(rungs) - 1
+        if verdicts[last] == "accept":
+            how: Acceptance = "confident" if rungs[last].confidence is not None else "no_confidence"
+            return Decision("accept", last, how, verdicts)
+        if len(rungs) < tiers:
+            return Decision("next", verdicts=verdicts)
+        scored = [i for i, r in enumerate(rungs) if r.valid and r.confidence is not None]
+        if scored and self.when_unsure == "best":
+            best = max(scored, key=lambda i: rungs[i].confidence or 0.0)  # the first of equals
+            return Decision("accept", best, "below_threshold", verdicts)
+        if self.when_unsure == "abstain":
+            own = [i for i, r in enumerate(rungs) if r.valid and r.abstains]
+            return Decision("abstain", own[-1] if own else None, "abstained", verdicts)
+        return Decision("fail", verdicts=verdicts)

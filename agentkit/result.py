@@ -91,29 +91,17 @@ class Trace:
                     f.write(json.dumps(result.to_record(), default=str, ensure_ascii=False) + "\n")
 
     def summary(self, node: str | None = None) -> dict[str, Any]:
-        """Counts, escalation rate, cost and latency over the collected results (of one node, if given)."""
+        """Counts, escalation rate, cost and latency over the collected results (of one node, if given):
+        :func:`agentkit.stats.summarize`."""
+        from agentkit.stats import summarize
+
         rs = [r for r in self.results if node is None or r.node == node]
-        n = len(rs)
-        lat = sorted(r.latency_s for r in rs)
-
-        def pct(q: float) -> float:
-            return lat[min(n - 1, int(q * n))] if n else 0.0
-
-        per_tier: dict[str, int] = {}
-        for r in rs:
-            if r.tier:
-                per_tier[r.tier] = per_tier.get(r.tier, 0) + 1
-        return {
-            "items": n,
-            "ok": sum(r.ok for r in rs),
-            "failed": sum(not r.ok for r in rs),
-            "escalation_rate": (sum(r.escalated for r in rs) / n) if n else 0.0,
-            "answered_by_tier": per_tier,
-            "cost_usd": sum(r.cost_usd for r in rs),
-            "cost_per_item_usd": (sum(r.cost_usd for r in rs) / n) if n else 0.0,
-            "latency_p50_s": pct(0.5),
-            "latency_p95_s": pct(0.95),
-        }
+        return summarize(
+            [
+                {"ok": r.ok, "escalated": r.escalated, "tier": r.tier, "cost_usd": r.cost_usd, "latency_s": r.latency_s}
+                for r in rs
+            ]
+        )
 
 
 _active: ContextVar[tuple[Trace, ...]] = ContextVar("agentkit_traces", default=())

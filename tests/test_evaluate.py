@@ -11,7 +11,7 @@ import json
 import pytest
 
 from agentkit import Classify, ConfigError, Node, Policy, Tier, metrics
-from agentkit.evaluate import (
+from agentkit.eval import (
     TierAnswer,
     answer_all,
     calibrate,
@@ -21,10 +21,9 @@ from agentkit.evaluate import (
     figures,
     headline,
     iter_answers,
-    percentile,
-    wilson,
 )
 from agentkit.metrics import grounded_scores, squad_f1
+from agentkit.stats import percentile, wilson
 from agentkit.testing import FakeEngine
 
 
@@ -38,7 +37,7 @@ def test_cascade_from_answers_equals_what_the_node_returns(c1, c2, th):
     tiers = [fake("small", "a", c1), fake("large", "b", c2)]
     policy = Policy(threshold=th)
     result = Node(task, tiers, policy).run("some text")
-    row = answer_all(task, tiers, ["some text"])[0]
+    row = answer_all(Node(task, tiers, policy), ["some text"])[0]
     out = cascade(row, policy)
     assert out.value == result.value
     assert (tiers[out.tier].name if out.tier is not None else None) == result.tier
@@ -222,22 +221,22 @@ def test_cached_answers_are_reused_only_for_the_same_task_and_tier(tmp_path):
     cache = tmp_path / "answers.jsonl"
     tier = fake("small", "a", 0.9)
     inputs = ["one text", "another text"]
-    list(iter_answers(Classify(["a", "b"]), [tier], inputs, cache=cache))
+    list(iter_answers(Node(Classify(["a", "b"]), [tier]), inputs, cache=cache))
     tier.engine.calls.clear()
-    list(iter_answers(Classify(["a", "b"]), [tier], inputs, cache=cache))
+    list(iter_answers(Node(Classify(["a", "b"]), [tier]), inputs, cache=cache))
     assert tier.engine.calls == []  # same settings: read back, not asked
-    list(iter_answers(Classify(["a", "b"], instructions="Other words."), [tier], inputs, cache=cache))
+    list(iter_answers(Node(Classify(["a", "b"], instructions="Other words."), [tier]), inputs, cache=cache))
     assert len(tier.engine.calls) == 2  # the node changed: asked again, not read back stale
     retuned = Tier(spec="fake:small", name="small", engine=tier.engine)
-    retuned._provenance = {"sha256": "a new adapter"}
+    retuned.__dict__["provenance"] = {"sha256": "a new adapter"}  # a fake has no adapter file to hash
     tier.engine.calls.clear()
-    list(iter_answers(Classify(["a", "b"]), [retuned], inputs, cache=cache))
+    list(iter_answers(Node(Classify(["a", "b"]), [retuned]), inputs, cache=cache))
     assert len(tier.engine.calls) == 2  # same name, another adapter: asked again
     legacy = tmp_path / "legacy.jsonl"  # written before answers carried their settings: not trusted
     lines = [json.loads(x) for x in cache.read_text().splitlines()][:2]
     legacy.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "config"}) + "\n" for r in lines))
     tier.engine.calls.clear()
-    list(iter_answers(Classify(["a", "b"], instructions="Other words."), [tier], inputs, cache=legacy))
+    list(iter_answers(Node(Classify(["a", "b"], instructions="Other words."), [tier]), inputs, cache=legacy))
     assert len(tier.engine.calls) == 2
 
 

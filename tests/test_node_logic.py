@@ -10,7 +10,7 @@ import pytest
 
 from agentkit import Classify, Corpus, Extract, GroundedAnswer, InputError, Node, Policy, TaskFailed, Tier, collect
 from agentkit.errors import ConfigError, EngineError
-from agentkit.evaluate import answer_all, cascade
+from agentkit.eval import answer_all, cascade
 from agentkit.testing import FakeEngine, failing_engine
 
 
@@ -386,7 +386,7 @@ def test_a_cheaper_tiers_abstention_escalates_only_when_the_policy_says_so(escal
     else:  # a confident "not in these passages" is accepted from the cheapest tier
         assert result.tier == "small" and result.value["answerable"] is False and not result.escalated
     # eval derives the same outcome from the tiers' answers
-    row = answer_all(task, tiers, ["How do I close my account?"])[0]
+    row = answer_all(Node(task, tiers, policy), ["How do I close my account?"])[0]
     out = cascade(row, policy, task.abstention(""), task.is_abstention)
     assert out.value["answerable"] == result.value["answerable"] and out.escalated == result.escalated
 

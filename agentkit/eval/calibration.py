@@ -1,0 +1,73 @@
+"""Choosing the cascade configuration to run, and the ratios the literature reports for it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agentkit.errors import ConfigError
+
+
+def calibrate(
+    points: Mapping[str, Mapping[str, Any]],
+    *,
+    target: float | None = None,
+    budget: float | None = None,
+    tolerance: float = 0.01,
+) -> tuple[str, str]:
+    """The cascade configuration to use, and why. ``target``: the cheapest reaching that score;
+    ``budget``: the best score at most that cost per item; neither: the cheapest within
+    ``tolerance`` of the best cascade score. Falls back to the best score when nothing qualifies."""
+    cascades = {k: v for k, v in points.items() if k.startswith("cascade@")}
+    if not cascades:
+        raise ConfigError("calibration needs at least two tiers")
+    best = max(cascades, key=lambda k: (cascades[k]["score"], -cascades[k]["cost_per_item"]))
+    if budget is not None:
+        within = [k for k, v in cascades.items() if v["cost_per_item"] <= budget]
+        if not within:
+            return best, f"no threshold costs at most {budget:g} per item; took the best score"
+        pick = max(within, key=lambda k: (cascades[k]["score"], -cascades[k]["cost_per_item"]))
+        return pick, f"best score at most {budget:g} USD per item"
+    if target is None:
+        target = cascades[best]["score"] - tolerance
+        rule = f"cheapest within {tolerance:g} of the best score"
+    else:
+        rule = f"cheapest reaching score {target:g}"
+    reaching = [k for k, v in cascades.items() if v["score"] >= target - 1e-9]
+    if not reaching:
+        return best, f"no threshold reaches {target:.4f}; took the best score"
+    return min(reaching, key=lambda k: (cascades[k]["cost_per_item"], -cascades[k]["score"])), rule
+
+
+def headline(points: Mapping[str, Mapping[str, Any]], pick: str) -> dict[str, Any]:
+    """Ratios as the literature prints them: the cascade's cost relative to large-only (at the
+    chosen threshold, and at the cheapest threshold matching large-only's score), the share of
+    the small→large gap recovered (PGR) per share escalated, and APGR (area under PGR vs
+    escalation rate, RouteLLM)."""
+    tiers = sorted(k for k in points if k.startswith("tier"))
+    small, large = points[tiers[0]], points[tiers[-1]]
+    out: dict[str, Any] = {"cascade_vs_large_cost": _ratio(points[pick]["cost_per_item"], large["cost_per_item"])}
+    matching = [v for k, v in points.items() if k.startswith("cascade@") and v["score"] >= large["score"] - 1e-9]
+    cheapest = min((v["cost_per_item"] for v in matching), default=None)
+    out["cost_vs_large_at_matched_score"] = _ratio(cheapest, large["cost_per_item"]) if cheapest is not None else None
+    gap = large["score"] - small["score"]
+    if gap <= 0:  # the larger tier is not better: escalation cannot recover anything
+        out |= {"gap": gap, "pgr": None, "pgr_per_escalated": None, "apgr": None}
+        return out
+    pgr = (points[pick]["score"] - small["score"]) / gap
+    esc = points[pick]["escalation_rate"]
+    curve = sorted(
+        [(0.0, 0.0), (1.0, 1.0)]
+        + [
+            (v["escalation_rate"], (v["score"] - small["score"]) / gap)
+            for k, v in points.items()
+            if k.startswith("cascade@")
+        ]
+    )
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False))
+    out |= {"gap": gap, "pgr": pgr, "pgr_per_escalated": pgr / esc if esc else None, "apgr": area}
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None

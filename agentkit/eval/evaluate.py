@@ -1,0 +1,181 @@
+"""Evaluating a node (every tier, every cascade, a calibrated threshold) or a workflow on labelled records.
+
+Each item is answered once per tier (answers are appended to a JSONL file as they come, so an
+interrupted evaluation keeps them and a rerun resumes); every configuration is then derived from
+those answers with :meth:`Policy.decide`, the rule :meth:`Node.run` runs. The threshold is chosen
+on a calibration split and reported on a separate test split; neither overlaps the node's example
+pool. A workflow (a compiled graph) is evaluated as it runs, in one configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agentkit import metrics
+from agentkit.data import normalize_text, split_of
+from agentkit.eval.answers import TierAnswer, item_id, iter_answers
+from agentkit.eval.calibration import calibrate, headline
+from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, configurations, figures
+from agentkit.node import Node
+from agentkit.task import Task
+
+
+def _pool_texts(task: Task) -> set[str]:
+    index = getattr(task, "index", None)
+    return {normalize_text(str(e["input"])) for e in getattr(index, "examples", [])}
+
+
+def evaluate_node(
+    node: Node,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    thresholds: Sequence[float] = THRESHOLDS,
+    target: float | None = None,
+    budget: float | None = None,
+    seed: int = 0,
+    calibration_share: float = 0.5,
+    cache: str | Path | None = None,
+    kinds: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
+    on_item: Callable[[int, int], None] | None = None,
+    ladders: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    """Every number about ``node`` on labelled ``records`` (``input``, ``expected``, optional ``id``).
+
+    Records whose input is in the node's example pool are left out (counted). The rest are split
+    (by :func:`~agentkit.data.split_of`, duplicates together) into a calibration part, where the
+    threshold is chosen (:func:`calibrate`), and a test part, where it is reported. ``kinds`` and
+    ``fields`` are passed to :func:`agentkit.metrics.extraction`. ``on_item(done, total)`` reports
+    progress. ``ladders`` adds sub-ladder cascades (see :func:`configurations`). Ctrl-C stops
+    answering and reports on the items answered so far."""
+    kind = node.task.kind
+    pool = _pool_texts(node.task)
+    kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
+    ids = [str(r.get("id") or item_id(r["input"])) for r in kept]
+    table: list[list[TierAnswer]] = []
+    interrupted = False
+    t0 = time.perf_counter()
+    try:
+        for i, row in iter_answers(node, [r["input"] for r in kept], ids=ids, cache=cache):
+            table.append(row)
+            if on_item:
+                on_item(i + 1, len(kept))
+    except KeyboardInterrupt:
+        interrupted = True
+    done = kept[: len(table)]
+    expected = [r["expected"] for r in done]
+    abstention = node.task.abstention("") if node.policy.when_unsure == "abstain" else None
+    opts = {"kinds": kinds, "fields": fields} if kind == "extract" else {}
+
+    def judge(outs: Sequence[CascadeOutcome], which: Sequence[int]) -> dict[str, Any]:
+        values = [outs[i].value for i in which]
+        golds = [expected[i] for i in which]
+        scores = [metrics.item_score(kind, v, g, **opts) for v, g in zip(values, golds, strict=True)]
+        picked = [outs[i] for i in which]
+        return figures(picked, scores, len(node.tiers)) | {"quality": metrics.quality(kind, values, golds, **opts)}
+
+    configs = configurations(table, node.policy, thresholds, abstention, ladders, node.task.is_abstention)
+    every = list(range(len(done)))
+    calib = [
+        i for i in every if split_of(str(done[i]["input"]), seed=seed + 1, test_fraction=calibration_share) == "test"
+    ]
+    in_calib = set(calib)
+    test = [i for i in every if i not in in_calib]
+    if len(calib) < 5 or len(test) < 5:  # too few to split: calibrate and report on every item
+        calib, test, split_note = every, every, "too few items to split: calibrated and reported on the same items"
+    else:
+        split_note = f"calibration {len(calib)} / test {len(test)} items (seed {seed + 1})"
+    names = [t.name for t in node.tiers]
+    report: dict[str, Any] = {
+        "target": node.name,
+        "kind": kind,
+        "tiers": names,
+        "policy": asdict(node.policy),
+        "n": len(done),
+        "left_out_in_pool": len(records) - len(kept),
+        "interrupted": interrupted,
+        "wall_s": time.perf_counter() - t0,
+        "split": split_note,
+        "all": {k: judge(v, every) for k, v in configs.items()} if done else {},
+    }
+    reliability = {}
+    for t, name in enumerate(names):
+        scores = [
+            metrics.item_score(kind, row[t].value if row[t].valid else None, g, **opts)
+            for row, g in zip(table, expected, strict=True)
+        ]
+        reliability[name] = metrics.reliability([row[t].confidence for row in table], scores)
+    report["reliability"] = reliability
+    if len(node.tiers) > 1 and done:
+        on_calib = {k: judge(v, calib) for k, v in configs.items()}
+        pick, rule = calibrate(on_calib, target=target, budget=budget)
+        on_test = {k: judge(v, test) for k, v in configs.items()}
+        report["calibration"] = {
+            "rule": rule,
+            "target": target,
+            "budget": budget,
+            "picked": pick,
+            "threshold": float(pick.split("@")[1]),
+            "on_calibration": on_calib[pick],
+        }
+        report["test"] = on_test
+        report["headline"] = headline(on_test, pick)
+    return report
+
+
+# ---- evaluating a workflow ---------------------------------------------------------------------
+
+
+def evaluate_workflow(
+    graph: Any,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    field: str | None = None,
+    kinds: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
+    on_item: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """A compiled workflow on labelled records, in the one configuration it runs with: its output
+    (or ``output[field]``) against ``expected`` — extraction metrics when ``expected`` is a dict,
+    grounded-answer metrics when it has ``answerable``, else classification."""
+    from agentkit.runner import Item, run_one
+
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        for n, r in enumerate(records, 1):
+            rows.append(run_one(graph, Item(str(r.get("id") or item_id(r["input"])), r["input"])))
+            if on_item:
+                on_item(n, len(records))
+    except KeyboardInterrupt:
+        interrupted = True
+    golds = [r["expected"] for r in records[: len(rows)]]
+    values = [(row.get("value") or {}).get(field) if field else row.get("value") for row in rows]
+    kind = "classify"
+    if golds and isinstance(golds[0], Mapping):
+        kind = "grounded_answer" if "answerable" in golds[0] else "extract"
+    opts = {"kinds": kinds, "fields": fields} if kind == "extract" else {}
+    outcomes = [
+        CascadeOutcome(
+            row.get("value"),
+            0 if row.get("ok") else None,
+            row.get("cost_usd", 0.0),
+            row.get("latency_s", 0.0),
+            bool(row.get("escalated")),
+        )
+        for row in rows
+    ]
+    scores = [metrics.item_score(kind, v, g, **opts) for v, g in zip(values, golds, strict=True)]
+    result = figures(outcomes, scores, 1) | {"quality": metrics.quality(kind, values, golds, **opts)}
+    return {
+        "target": getattr(graph, "name", "workflow"),
+        "kind": f"workflow/{kind}",
+        "n": len(rows),
+        "interrupted": interrupted,
+        "all": {"workflow": result},
+        "failed": [{"id": row["id"], "reason": row.get("reason", "")} for row in rows if not row.get("ok")][:20],
+    }
