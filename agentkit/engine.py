@@ -6,8 +6,14 @@ what it can cached, and reports usage and probabilities. Backends import their S
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from agentkit.validation import Drop, Validator
+
+if TYPE_CHECKING:
+    import pydantic
 
 Message = dict[str, str]
 """``{"role": "system" | "user" | "assistant", "content": str}``"""
@@ -69,6 +75,11 @@ class Capabilities:
     """Log-probability of given continuations can be computed (label scoring)."""
     context: int = 4096
     """Context window in tokens."""
+    structured: bool = False
+    """The engine fills a pydantic schema itself, validating and re-asking (:class:`StructuredEngine`),
+    e.g. an API through instructor; tasks then ask it for the object instead of constrained text."""
+    model: bool = True
+    """A language model answers (``False`` for the ``rules`` and ``knn`` tiers, which run no model)."""
 
 
 @dataclass
@@ -128,6 +139,35 @@ class Engine(Protocol):
         must be exact; the engine may report any other at an upper bound (e.g. its first tokens') once it
         cannot be the best, and may leave it there once it is ``margin`` nats below the best.
         ``choice``: the log-probability as a choice among the continuations (:func:`choice_logprobs`)."""
+        ...
+
+
+@dataclass
+class Structured:
+    """A :class:`StructuredEngine`'s reply: the validated object (``None`` when no reply validated),
+    the usage of every try, the last try's problems, and the optional fields the validators dropped."""
+
+    value: Any
+    usage: Usage
+    problems: list[str] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+
+
+@runtime_checkable
+class StructuredEngine(Engine, Protocol):
+    """An engine that returns validated objects (``capabilities.structured``)."""
+
+    def structured(
+        self,
+        messages: list[Message],
+        schema: type[pydantic.BaseModel],
+        *,
+        text: str = "",
+        validators: Sequence[Validator] = (),
+        max_tokens: int = 512,
+    ) -> Structured:
+        """The reply as ``schema``, checked by ``validators`` against the source ``text``, re-asked with
+        the problems a bounded number of times."""
         ...
 
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import pydantic
 
 from agentkit.backends.openai_server import api_error
-from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
+from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Structured, Usage
 from agentkit.errors import ConfigError
-from agentkit.tasks.extract import Drop, Validator
+from agentkit.validation import Validator, validate
 
 Mode = Literal["json_schema", "json", "tools", "md_json"]
 
@@ -26,20 +26,19 @@ Mode = Literal["json_schema", "json", "tools", "md_json"]
 def checked_model(
     schema: type[pydantic.BaseModel], validators: Sequence[Validator], error_chars: int
 ) -> type[pydantic.BaseModel]:
-    """``schema`` with the node's validators as a model validator (the source text comes in the
-    validation context), raising one error of at most ``error_chars`` characters."""
+    """``schema`` with the node's validators as a model validator (:func:`agentkit.validation.validate`;
+    the source text comes in the validation context): a problem is one error of at most ``error_chars``
+    characters, to be re-asked; the fields a :class:`Drop` names are nulled in the value and the drops
+    kept in the context (``"dropped"``) — so the validators run once per reply."""
 
     def rules(self: Any, info: pydantic.ValidationInfo) -> Any:
-        text = (info.context or {}).get("text", "")
-        problems, seen = [], self
-        for check in validators:
-            verdict = check(seen, text)
-            if isinstance(verdict, Drop):  # not an error to re-ask for: the caller nulls the fields after
-                seen = seen.model_copy(update=dict.fromkeys(verdict.fields))
-            elif verdict:
-                problems.append(verdict)
+        context = info.context if isinstance(info.context, dict) else {}
+        checked, problems, dropped = validate(self, context.get("text", ""), validators)
         if problems:
             raise ValueError("; ".join(problems)[:error_chars])
+        context["dropped"] = dropped
+        for name in {f for d in dropped for f in d.fields}:
+            self.__dict__[name] = None  # in place: an after-validator hands back the object it was given
         return self
 
     return pydantic.create_model(
@@ -96,7 +95,9 @@ class InstructorEngine:
         self.error_chars = error_chars
         self.name = f"api:{model}"
         self.base_url = base_url or "https://api.openai.com/v1"
-        self.capabilities = Capabilities(constrained=True, token_probs=False, scoring=False, context=context)
+        self.capabilities = Capabilities(
+            constrained=True, token_probs=False, scoring=False, context=context, structured=True
+        )
         self.calls: list[list[Message]] = []
         """The messages of the last structured request's attempts (to see what a re-ask sent)."""
 
@@ -111,10 +112,11 @@ class InstructorEngine:
         text: str = "",
         validators: Sequence[Validator] = (),
         max_tokens: int = 512,
-    ) -> tuple[pydantic.BaseModel | None, Usage, list[str]]:
+    ) -> Structured:
         """The reply as ``schema``, checked by ``validators`` against ``text``, re-asked at most
         ``reasks`` times; or None and the problems of the last attempt."""
         model_cls = checked_model(schema, validators, self.error_chars) if validators else schema
+        context: dict[str, Any] = {"text": text}
         self.calls = []
         hooks = {"completion:kwargs": lambda *a, **kw: self.calls.append(list(kw.get("messages", [])))}
         t0 = time.perf_counter()
@@ -126,7 +128,7 @@ class InstructorEngine:
                 max_retries=self.reasks,
                 max_tokens=max_tokens,
                 temperature=0.0,
-                context={"text": text},
+                context=context,
                 hooks=self._hooks(hooks),
             )
         except self._instructor.core.InstructorRetryException as e:
@@ -137,7 +139,7 @@ class InstructorEngine:
                 raise  # not the model's reply: a bug, not a failed answer
             usage = Usage(seconds=time.perf_counter() - t0)
             tries = getattr(e, "n_attempts", None) or len(self.calls)
-            return None, usage, [f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}"]
+            return Structured(None, usage, [f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}"])
         except self._openai.APIError as e:
             raise api_error(self._openai, self.base_url, e) from e
         u = getattr(completion, "usage", None)
@@ -146,7 +148,7 @@ class InstructorEngine:
             completion_tokens=getattr(u, "completion_tokens", 0) or 0,
             seconds=time.perf_counter() - t0,
         )
-        return value, usage, []
+        return Structured(value, usage, [], list(context.get("dropped", [])))
 
     def _hooks(self, handlers: Mapping[str, Callable[..., None]]) -> Any:
         hooks = self._instructor.hooks.Hooks()
@@ -165,12 +167,12 @@ class InstructorEngine:
             raise ConfigError(f"{self.name}: use structured() for {constraint.kind} output")
         options = tuple(json.loads(constraint.spec))
         reply = pydantic.create_model("Reply", answer=(Literal[options], ...))  # type: ignore[valid-type]
-        value, usage, problems = self.structured(messages, reply, max_tokens=max_tokens)
+        got = self.structured(messages, reply, max_tokens=max_tokens)
         return Generation(
-            text=str(value.answer) if value is not None else "",  # type: ignore[attr-defined]
+            text=str(got.value.answer) if got.value is not None else "",
             finish_reason="stop",
             token_probs=None,
-            usage=usage,
+            usage=got.usage,
         )
 
     def score(

@@ -257,7 +257,7 @@ class Classify(Task):
 
     def answer(self, engine: Engine, text: str) -> Answer:
         caps = engine.capabilities
-        if not (caps.scoring or caps.constrained):
+        if not caps.model:  # the knn tier: a vote of the nearest labelled examples
             return self.vote(text)
         msgs, shots = self.messages(text)
         prefix = len(self.fixed_messages())
@@ -313,6 +313,14 @@ class Classify(Task):
             "examples": len(self.index) if self.index else 0,
             **({"scoring": self.scoring} if self.scoring != "sequence" else {}),  # older configs keep their hash
         }
+
+    def training_reply(self, value: Any) -> str:
+        """The word the model is trained to write for the label ``value`` (its :attr:`verbalizer` word)."""
+        from agentkit.errors import InputError
+
+        if str(value) not in self.verbalizer:
+            raise InputError(f"{value!r} is not one of the labels")
+        return self.verbalizer[str(value)]
 
 
 def _static_examples(examples: Sequence[Mapping[str, Any]], per_label: int, seed: int) -> list[dict[str, Any]]:

@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 
 from agentkit.data import candidates
-from agentkit.engine import Constraint, Engine, Generation, Message
+from agentkit.engine import Constraint, Engine, Generation, Message, StructuredEngine
 from agentkit.errors import ConfigError
 from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
-
-
-@dataclass(frozen=True)
-class Drop:
-    """A validator's verdict that optional ``fields`` are wrong but the rest of the answer stands:
-    the fields are set to null and the reason is recorded (``details["dropped"]``), so the answer
-    is not failed (nor escalated) for a field the caller can do without."""
-
-    fields: tuple[str, ...]
-    reason: str
-
-
-def _dropped_details(dropped: Sequence[Drop]) -> dict[str, Any]:
-    """The answer details that record the dropped fields (none: nothing)."""
-    return {"dropped": [{"fields": list(d.fields), "reason": d.reason} for d in dropped]} if dropped else {}
-
-
-Validator = Callable[[Any, str], "str | Drop | None"]
-"""``(value, source_text) -> problem, Drop or None``: a node-level rule, e.g. the total occurs in
-the text. Validators run in order; one that returns :class:`Drop` changes what the next ones see."""
+from agentkit.validation import Drop, Validator, dropped_details, nullable, validate
 
 CandidateFinder = Callable[[str], list[str]]
 """``source_text -> candidate values`` for a verbatim field."""
@@ -171,25 +150,8 @@ class Extract(Task):
         return self.check(model, text)
 
     def check(self, model: pydantic.BaseModel, text: str) -> tuple[Any, list[str], list[Drop]]:
-        """Run the validators on a parsed ``model``; see :meth:`parse`."""
-        problems: list[str] = []
-        dropped: list[Drop] = []
-        for check in self.validators:
-            name = getattr(check, "__name__", repr(check))
-            try:
-                verdict = check(model, text)
-            except Exception as e:  # a broken rule is a recorded problem, not a crash
-                verdict = f"validator {name!r} raised {type(e).__name__}: {e}"
-            if isinstance(verdict, Drop):
-                required = [f for f in verdict.fields if f not in self.schema.model_fields or not self._nullable(f)]
-                if required:  # only an optional field may be dropped; anything else is a failure
-                    problems.append(f"{verdict.reason} (validator {name!r} cannot drop {', '.join(required)})")
-                    continue
-                model = model.model_copy(update=dict.fromkeys(verdict.fields))
-                dropped.append(verdict)
-            elif verdict:
-                problems.append(verdict)
-        return model, problems, dropped
+        """Run the validators on a parsed ``model`` (:func:`agentkit.validation.validate`); see :meth:`parse`."""
+        return validate(model, text, self.validators)
 
     def verbatim_candidates(self, text: str) -> dict[str, list[str]]:
         """Per verbatim field, the values it may take for ``text`` (fields with none are left out)."""
@@ -228,12 +190,11 @@ class Extract(Task):
         return problems
 
     def _nullable(self, name: str) -> bool:
-        field = self.schema.model_fields[name]
-        return not field.is_required() or type(None) in typing.get_args(field.annotation)
+        return nullable(self.schema, name)
 
     def answer(self, engine: Engine, text: str) -> Answer:
         choices = self.verbatim_candidates(text)
-        if hasattr(engine, "structured"):  # an API tier: instructor parses, validates and re-asks
+        if isinstance(engine, StructuredEngine) and engine.capabilities.structured:  # it validates and re-asks
             return self._structured(engine, text, choices)
         gen = engine.generate(self.messages(text), self._narrowed(choices), max_tokens=self.max_tokens, prefix=1)
         problems: list[str] = []
@@ -252,7 +213,7 @@ class Extract(Task):
         settled |= {f for f, allowed in choices.items() if len(allowed) == 1 and not self._nullable(f)}
         kept = [c for name, c in fields.items() if name not in settled]
         conf = min(kept) if kept else (None if not engine.capabilities.token_probs else 0.0)
-        details: dict[str, Any] = {"field_confidence": fields, **_dropped_details(dropped)}
+        details: dict[str, Any] = {"field_confidence": fields, **dropped_details(dropped)}
         if settled & fields.keys():
             details["settled_fields"] = sorted(settled & fields.keys())  # not counted in the confidence
         return Answer(
@@ -265,18 +226,16 @@ class Extract(Task):
             details=details,
         )
 
-    def _structured(self, engine: Any, text: str, choices: Mapping[str, list[str]]) -> Answer:
-        model, usage, problems = engine.structured(
+    def _structured(self, engine: StructuredEngine, text: str, choices: Mapping[str, list[str]]) -> Answer:
+        reply = engine.structured(
             self.messages(text), self.schema, text=text, validators=self.validators, max_tokens=self.max_tokens
         )
-        details: dict[str, Any] = {}
-        if model is not None:
-            model, _, dropped = self.check(model, text)  # the re-ask loop saw problems only; apply the drops
-            problems += self._off_candidates(model, choices)
-            details = _dropped_details(dropped)
-        value = model.model_dump(mode="json") if model is not None else None
+        problems = list(reply.problems)
+        if reply.value is not None:  # the engine ran the validators (drops applied); the candidates are ours
+            problems += self._off_candidates(reply.value, choices)
+        value = reply.value.model_dump(mode="json") if reply.value is not None else None
         raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
-        return Answer(value, raw, None, "validated", usage, problems, details)
+        return Answer(value, raw, None, "validated", reply.usage, problems, dropped_details(reply.dropped))
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -289,3 +248,7 @@ class Extract(Task):
             "verbatim": {k: getattr(v, "__name__", repr(v)) if callable(v) else v for k, v in self.verbatim.items()},
             "examples": len(self.index) if self.index else 0,
         }
+
+    def training_reply(self, value: Any) -> str:
+        """The JSON object the model is trained to write for the gold ``value``."""
+        return json.dumps(value, ensure_ascii=False)

@@ -28,7 +28,7 @@ import pydantic
 
 from agentkit.corpus import Corpus, Passage
 from agentkit.data import normalize_text
-from agentkit.engine import Constraint, Engine, Message, Usage
+from agentkit.engine import Constraint, Engine, Message, StructuredEngine, Usage
 from agentkit.errors import ConfigError, InputError
 from agentkit.policy import Policy
 from agentkit.task import Answer, Task
@@ -269,16 +269,24 @@ class GroundedAnswer(Task):
             {"role": "system", "content": self.joint_prompt()},
             {"role": "user", "content": f"Passages:\n{blocks}\n\nQuestion: {question}"},
         ]
-        gen = engine.generate(msgs, self._joint_constraint, max_tokens=64 + self.max_answer_tokens, prefix=1)
         retrieved = [p.id for p in hits]
-        try:
-            raw = json.loads(gen.text)
-            parsed = _JointReply.model_validate(raw)
-        except (json.JSONDecodeError, pydantic.ValidationError) as e:
-            return Answer(None, gen.text, None, "joint", gen.usage, [f"output is not the reply schema: {e}"[:300]])
+        max_tokens = 64 + self.max_answer_tokens
+        if isinstance(engine, StructuredEngine) and engine.capabilities.structured:  # it validates and re-asks
+            got = engine.structured(msgs, _joint_model(len(hits)), text=blocks, max_tokens=max_tokens)
+            if got.value is None:
+                return Answer(None, "", None, "joint", got.usage, got.problems or ["no reply"])
+            parsed = _JointReply.model_validate(got.value.model_dump())
+            raw, finish, token_probs, usage = got.value.model_dump_json(), "stop", None, got.usage
+        else:
+            gen = engine.generate(msgs, self._joint_constraint, max_tokens=max_tokens, prefix=1)
+            raw, finish, token_probs, usage = gen.text, gen.finish_reason, gen.token_probs, gen.usage
+            try:
+                parsed = _JointReply.model_validate(json.loads(gen.text))
+            except (json.JSONDecodeError, pydantic.ValidationError) as e:
+                return Answer(None, gen.text, None, "joint", gen.usage, [f"output is not the reply schema: {e}"[:300]])
         cited = [hits[i - 1] for i in dict.fromkeys(parsed.citations) if 1 <= i <= len(hits)]
         problems: list[str] = []
-        if gen.finish_reason == "length":
+        if finish == "length":
             problems.append("output cut at the token limit")
         if parsed.answerable:
             if not cited:
@@ -289,8 +297,8 @@ class GroundedAnswer(Task):
             )
         else:
             reply = GroundedReply(answerable=False, retrieved=retrieved)
-        conf = self._token_conf(gen.token_probs) if engine.capabilities.token_probs else None
-        return Answer(reply.model_dump(), gen.text, conf, "joint", gen.usage, problems)
+        conf = self._token_conf(token_probs) if token_probs and engine.capabilities.token_probs else None
+        return Answer(reply.model_dump(), raw, conf, "joint", usage, problems)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -305,11 +313,28 @@ class GroundedAnswer(Task):
             "corpus": {"passages": len(self.corpus), "fingerprint": self.corpus.fingerprint()},
         }
 
+    def training_reply(self, value: Any) -> str:
+        """What the reader is trained to write on one passage for ``value`` (a :class:`GroundedReply`
+        or its dict): ``yes: <answer>`` on a passage that states the answer, ``no`` on one that does not."""
+        try:
+            reply = GroundedReply.model_validate(value)
+        except pydantic.ValidationError as e:
+            raise InputError(f"not a grounded reply: {value!r}") from e
+        return f"yes: {(reply.answer or '').strip()}" if reply.answerable else "no"
+
 
 class _JointReply(pydantic.BaseModel):
     answerable: bool
     citations: list[int]
     answer: str
+
+
+def _joint_model(k: int) -> type[pydantic.BaseModel]:
+    """The joint reply for ``k`` numbered passages, as a schema a structured engine fills: citations 1..k."""
+    cited = Literal[tuple(range(1, k + 1))]  # type: ignore[valid-type]
+    return pydantic.create_model(
+        "GroundedJointReply", answerable=(bool, ...), citations=(list[cited], ...), answer=(str, ...)
+    )
 
 
 def _joint_schema(k: int) -> dict[str, Any]:
