@@ -22,10 +22,9 @@ from typing import Any
 from agentkit.errors import ConfigError
 from agentkit.node import Node
 from agentkit.policy import Policy
-from agentkit.task import TASK_KNOBS
 from agentkit.tier import Tier
 
-__all__ = ["TASK_KNOBS", "apply", "load", "node_settings", "save", "tier_setting"]
+__all__ = ["apply", "configured", "load", "node_settings", "save", "tier_setting"]
 
 _POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}
 
@@ -38,7 +37,7 @@ def tier_setting(tier: Tier) -> str | dict[str, Any]:
 def node_settings(node: Node) -> dict[str, Any]:
     """What a config file records for ``node``."""
     out: dict[str, Any] = {"tiers": [tier_setting(t) for t in node.tiers], **dataclasses.asdict(node.policy)}
-    task = {k: getattr(node.task, k) for k in TASK_KNOBS if getattr(node.task, k, None) is not None}
+    task = {k: getattr(node.task, k) for k in sorted(node.task.knobs) if getattr(node.task, k, None) is not None}
     if all(word == label for label, word in task.get("verbalizer", {}).items()):
         task.pop("verbalizer", None)  # labels written as themselves: the default, not worth a line
     if task:
@@ -54,33 +53,34 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     nodes = data.get("nodes", {})
     for name, settings in nodes.items():
-        unknown = set(settings) - _POLICY_FIELDS - {"tiers", "task"}
-        unknown |= {f"task.{k}" for k in settings.get("task", {}) if k not in TASK_KNOBS}
+        unknown = set(settings) - _POLICY_FIELDS - {"tiers", "task"}  # task settings are the task's to check
         if unknown:
             raise ConfigError(f"{path}: node {name!r} has unknown settings {sorted(unknown)}")
     return nodes
 
 
+def configured(node: Node, settings: Mapping[str, Any]) -> Node:
+    """A new node: ``node`` with ``settings`` (one node's table of a config file) applied. The task is
+    built again through its constructor (:meth:`~agentkit.task.Task.variant`), never changed in place."""
+    tiers = [Tier.parse(t) for t in settings["tiers"]] if "tiers" in settings else node.tiers
+    policy = {k: v for k, v in settings.items() if k in _POLICY_FIELDS}
+    try:
+        task = node.task.variant(**settings.get("task", {}))
+    except ConfigError as e:
+        raise ConfigError(f"node {node.name!r}: {e}") from e
+    return node.replace(task=task, tiers=tiers, policy=dataclasses.replace(node.policy, **policy))
+
+
 def apply(path: str | Path, nodes: Iterable[Node]) -> list[str]:
-    """Configure ``nodes`` (matched by name) from the file; returns the names configured."""
+    """Configure ``nodes`` (matched by name) from the file; returns the names configured. Each node takes
+    on the settings of :func:`configured` as one whole (a compiled graph holds its node objects, so
+    they are updated rather than replaced); tasks and tiers are never changed in place."""
     config = load(path)
     done = []
     for node in nodes:
-        settings = config.get(node.name)
-        if settings is None:
-            continue
-        if "tiers" in settings:
-            node.tiers = [Tier.parse(t) for t in settings["tiers"]]
-        policy = {k: v for k, v in settings.items() if k in _POLICY_FIELDS}
-        if policy:
-            node.policy = dataclasses.replace(node.policy, **policy)
-        for knob, value in settings.get("task", {}).items():
-            if not hasattr(node.task, knob):
-                raise ConfigError(f"node {node.name!r}: its task has no setting {knob!r}")
-            setattr(node.task, knob, value)
-        if settings.get("task"):
-            node.task._forget()
-        done.append(node.name)
+        if node.name in config:
+            node.adopt(configured(node, config[node.name]))
+            done.append(node.name)
     return done
 
 

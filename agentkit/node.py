@@ -89,6 +89,20 @@ class Node:
         self.meta = meta
         self.trace = trace if isinstance(trace, Trace) or trace is None else Trace(trace)
 
+    def replace(self, **changes: Any) -> Node:
+        """A new node like this one with some constructor arguments changed (``task``, ``tiers``, ``policy``, …)."""
+        current = {"task": self.task, "tiers": self.tiers, "policy": self.policy, "name": self.name,
+                   "input": self.input, "output": self.output, "meta": self.meta, "trace": self.trace}  # fmt: skip
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise TypeError(f"Node has no argument {sorted(unknown)}")
+        return Node(**{**current, **changes})
+
+    def adopt(self, other: Node) -> None:
+        """Take on ``other``'s task, tiers and policy as one whole: for a node a compiled graph holds,
+        which cannot be swapped for a new one. Nothing is changed inside a task or tier."""
+        self.task, self.tiers, self.policy = other.task, list(other.tiers), other.policy
+
     # ---- running -------------------------------------------------------------------
 
     def config_hash(self) -> str:

@@ -6,12 +6,13 @@ decides what to do with the answer (accept, escalate, fail).
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
+import inspect
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from agentkit.engine import Engine, Usage
 from agentkit.errors import ConfigError, InputError
@@ -33,19 +34,37 @@ class Answer:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-TASK_KNOBS = (
-    "k", "shortlist", "example_chars", "max_tokens", "quantile", "vote_k", "list_labels", "static_per_label",
-    "verbalizer", "score_margin", "scoring", "verify",
-)  # fmt: skip
-"""Task attributes that can change after the task is built: a config file may set them, and a tier
-may override them for itself (``Tier(..., task={"k": 0})``)."""
-
-
 class Task(ABC):
-    """A narrow task. Subclasses implement :meth:`answer`; configuration is fixed at init."""
+    """A narrow task. Subclasses implement :meth:`answer`; configuration is fixed at init.
+
+    A task is a value: :meth:`variant` builds another through the constructor, with some of the
+    settings the task declares in :attr:`knobs` changed (a tier's own settings, a config file's)."""
 
     kind: str = "task"
     max_input_chars: int = 200_000
+    knobs: ClassVar[frozenset[str]] = frozenset()
+    """Constructor arguments a tier may set for itself (``Tier(..., task={"k": 0})``) or a config file may set."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Record the arguments each task was built with, so that :meth:`variant` can build it again."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording(self: Task, *args: Any, **kw: Any) -> None:
+            if "_arguments" not in self.__dict__:  # the outermost constructor's arguments: those of type(self)
+                bound = signature.bind(self, *args, **kw).arguments
+                bound.pop(next(iter(signature.parameters)))  # self
+                for name, param in signature.parameters.items():
+                    if param.kind is inspect.Parameter.VAR_KEYWORD and name in bound:
+                        bound.update(bound.pop(name))
+                self.__dict__["_arguments"] = dict(bound)
+            init(self, *args, **kw)
+
+        cls.__init__ = recording  # type: ignore[method-assign]
 
     def check_input(self, value: Any) -> str:
         """The text to work on, or :class:`InputError` saying what is wrong with ``value``."""
@@ -82,27 +101,25 @@ class Task(ABC):
         return False
 
     def variant(self, **knobs: Any) -> Task:
-        """A copy with some :data:`TASK_KNOBS` changed, sharing everything else (its example index);
-        made once per setting of the task and the knobs."""
-        unknown = set(knobs) - set(TASK_KNOBS)
+        """This task built again with some :attr:`knobs` changed (built once per setting, then reused).
+        Whatever the task built from its data (an example index) is shared, not built again."""
+        unknown = set(knobs) - self.knobs
         if unknown:
-            raise ConfigError(f"a tier cannot change {sorted(unknown)} of a task", hint=f"one of {TASK_KNOBS}")
-        missing = [k for k in knobs if not hasattr(self, k)]
-        if missing:
-            raise ConfigError(f"a {self.kind} task has no setting {missing}")
-        key = (self.config_hash(), tuple(sorted((k, repr(v)) for k, v in knobs.items())))
-        cache = self.__dict__.setdefault("_variants", {})
+            raise ConfigError(
+                f"a {self.kind} task has no setting {sorted(unknown)} a tier or config may change",
+                hint=f"one of {sorted(self.knobs)}" if self.knobs else f"a {self.kind} task has none",
+            )
+        if not knobs:
+            return self
+        key = tuple(sorted((k, repr(v)) for k, v in knobs.items()))
+        cache: dict[tuple[tuple[str, str], ...], Task] = self.__dict__.setdefault("_variants", {})
         if key not in cache:  # kept, so a variant's own caches (prompt prefix, prior) live on
-            twin = copy.copy(self)
-            for k, v in knobs.items():
-                setattr(twin, k, v)
-            twin._variants = {}
-            twin._forget()
-            cache[key] = twin
+            cache[key] = type(self)(**{**self.__dict__["_arguments"], **self._shared(), **knobs})
         return cache[key]
 
-    def _forget(self) -> None:  # noqa: B027 - a hook: most tasks derive nothing from their knobs
-        """Drop what was derived from the settings (a cached prompt prefix), after they changed."""
+    def _shared(self) -> dict[str, Any]:
+        """Constructor arguments that hand a variant what this task already built (e.g. its example index)."""
+        return {}
 
     def settings(self) -> dict[str, Any]:
         """What identifies this task's configuration (hashed into every trace)."""

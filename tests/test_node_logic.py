@@ -462,3 +462,30 @@ def test_llamacpp_extra_weight_buffers_follow_the_environment(monkeypatch):
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         amx = any(line.startswith("flags") and " amx_int8" in line for line in f)
     assert _avoid_extra_buffers() == amx
+
+
+def test_a_variant_is_built_anew_so_its_joint_citations_follow_its_k():
+    """A tier's own ``k`` builds the task again: the joint reply's citation choice covers 1..k of the
+    variant, not of the task it came from (it once kept the original's)."""
+    from agentkit.engine import Capabilities
+
+    corpus = Corpus()
+    corpus.add_documents(
+        [{"doc_id": f"d{i}", "text": f"Account help {i}: close the account in Settings."} for i in range(6)]
+    )
+    task = GroundedAnswer(corpus, k=2, mode="joint")
+    wide = task.variant(k=5)
+    assert wide is not task and (task.k, wide.k) == (2, 5) and task.variant(k=5) is wide
+
+    class Recording(FakeEngine):
+        def generate(self, messages, constraint, *, max_tokens, prefix=0):
+            self.constraints.append(constraint)
+            return super().generate(messages, constraint, max_tokens=max_tokens, prefix=prefix)
+
+    engine = Recording(replies=['{"answerable": true, "citations": [5], "answer": "close the account in Settings"}'],
+                       capabilities=Capabilities(token_probs=False, scoring=False))  # fmt: skip
+    engine.constraints = []
+    answer = wide.answer(engine, "How do I close the account?")
+    schema = json.loads(engine.constraints[-1].spec)
+    assert schema["properties"]["citations"]["items"]["enum"] == [1, 2, 3, 4, 5]
+    assert not answer.problems and answer.value["citations"] == [answer.value["retrieved"][4]]

@@ -266,3 +266,46 @@ def test_verbalizer_and_contextual_calibration(small):
     z = sum(ratio.values())
     # llama.cpp logits differ slightly with batch shape (cached vs recomputed prefix): ~1e-2
     assert q == pytest.approx({c: r / z for c, r in ratio.items()}, abs=0.02)
+
+
+def test_eval_derives_what_the_node_returns_on_real_answers(small, large, sms_split, tmp_path):
+    """One decision rule: what ``agentkit eval`` derives from the tiers' cached answers is what the node
+    returns live — answers accepted at the first tier, escalated, taken below the threshold, failed, abstained
+    (a tier in the middle is a server that is down: an engine error, every time)."""
+    from agentkit.backends.openai_server import OpenAIServerEngine
+    from agentkit.eval import cascade, iter_answers
+    from agentkit.testing import free_port
+
+    task = Classify(
+        ["ham", "spam"],
+        instructions="Is this SMS message spam (unsolicited advertising or scam) or ham (a normal message)?",
+        examples=sms_split.train,
+        k=2,
+        abstain_label="unsure",
+    )
+    down = OpenAIServerEngine(f"http://127.0.0.1:{free_port()}/v1", canary=False, timeout_s=2)
+    tiers = [tier_of(small, "small"), Tier(spec="down", name="down", engine=down), tier_of(large, "large")]
+    items = [r["input"] for r in sms_split.test[:8]]
+    asking = Node(task, tiers, Policy(retries=0))
+    asking.run(items[0])  # the prompt's fixed part cached, as it is for every later call
+    table = [row for _, row in iter_answers(asking, items, cache=tmp_path / "answers.jsonl")]
+    assert all(not row[1].valid and row[1].transient for row in table)  # the down tier: never an answer
+    small_conf = sorted({row[0].confidence for row in table})
+    thresholds = [(a + b) / 2 for a, b in zip(small_conf, small_conf[1:], strict=False)][len(small_conf) // 2 :][:1]
+    thresholds.append(0.9999)  # above nearly every answer: the fallbacks decide
+    seen = set()
+    for th in thresholds:
+        for unsure in ("best", "fail", "abstain"):
+            policy = Policy(threshold=th, retries=0, when_unsure=unsure)
+            node = Node(task, tiers, policy)
+            for value, row in zip(items, table, strict=True):
+                live = node.run(value)
+                derived = cascade(row, policy, task.abstention(""), task.is_abstention)
+                live_value = live.value if live.ok else None
+                assert live_value == derived.value, (th, unsure, value)
+                assert live.tier == (tiers[derived.tier].name if derived.tier is not None else None)
+                assert live.escalated == derived.escalated and (live.accepted == "abstained") == derived.abstained
+                if live.confidence is not None:
+                    assert live.confidence == pytest.approx(derived.confidence, abs=1e-4)
+                seen.add(live.accepted or "failed")
+    assert {"confident", "below_threshold", "abstained", "failed"} <= seen

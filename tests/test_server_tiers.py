@@ -297,3 +297,23 @@ def test_vllm_label_scores_agree_with_llamacpp_on_the_same_weights(vllm_server, 
     local = task.answer(small, text)
     assert served.method == "label-scoring"
     assert abs(served.details["distribution"]["ham"] - local.details["distribution"]["ham"]) < 0.05
+
+
+def test_grounded_answer_on_an_api_tier(llama_server):
+    """An api: tier fills the joint reply as a schema (citations among the passages retrieved), through
+    instructor against a real local server — it is never asked for constrained text it cannot give."""
+    from agentkit import Corpus, GroundedAnswer
+
+    corpus = Corpus()
+    corpus.add_documents(
+        [
+            {"doc_id": "close", "text": "To close your account, open Settings and choose Close account."},
+            {"doc_id": "pin", "text": "You can change your card's PIN at any cash machine of our bank."},
+        ]
+    )
+    tier = Tier(f"api:qwen-0.5b?base_url={llama_server}&mode=json")
+    result = Node(GroundedAnswer(corpus, k=2), [tier]).run("How do I close my account?")
+    attempt = result.attempts[0]
+    assert attempt.outcome != "engine_error", attempt.reason
+    assert attempt.confidence_method == "joint" and attempt.prompt_tokens > 0
+    assert result.ok and set(result.value["citations"]) <= set(result.value["retrieved"]), result.reason

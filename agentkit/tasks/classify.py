@@ -30,13 +30,17 @@ class Classify(Task):
     """
 
     kind = "classify"
+    knobs = frozenset(
+        {"k", "shortlist", "example_chars", "vote_k", "list_labels", "static_per_label", "verbalizer", "score_margin",
+         "scoring", "calibrate"}
+    )  # fmt: skip
 
     def __init__(
         self,
         labels: Sequence[str] | Mapping[str, str],
         *,
         instructions: str = "Classify the text.",
-        examples: Sequence[Mapping[str, Any]] | None = None,
+        examples: Sequence[Mapping[str, Any]] | ExampleIndex | None = None,
         k: int = 8,
         static_per_label: int = 0,
         shortlist: int | None = 12,
@@ -55,7 +59,8 @@ class Classify(Task):
         Args:
             labels: the labels, or a mapping label → description.
             instructions: what the classification is about (one or two sentences).
-            examples: labelled pool, records with ``input`` and ``expected``.
+            examples: labelled pool, records with ``input`` and ``expected`` (or an
+                :class:`~agentkit.retrieval.ExampleIndex` built from them, shared as it is).
             k: examples retrieved per input and put in the prompt (re-read on every call).
             static_per_label: examples per label placed as chat turns in the fixed prefix, which
                 stays in the KV cache (read once per process, not per call); chosen by a seeded
@@ -113,13 +118,16 @@ class Classify(Task):
         self._prior: dict[int, dict[str, float]] = {}
         self.index: ExampleIndex | None = None
         self.static: list[dict[str, Any]] = []
-        if examples:
+        if isinstance(examples, ExampleIndex):
+            self.index = examples
+        elif examples:
             examples = [e for e in examples if abstain_label is None or str(e["expected"]) != abstain_label]
-            unknown = {str(e["expected"]) for e in examples} - set(self.labels)
+            self.index = ExampleIndex(examples, retrieval=retrieval)
+        if self.index is not None:
+            unknown = {str(e["expected"]) for e in self.index.examples} - set(self.labels)
             if unknown:
                 raise ConfigError(f"examples use labels not in the label set: {sorted(unknown)[:5]}")
-            self.index = ExampleIndex(examples, retrieval=retrieval)
-            self.static = _static_examples(examples, static_per_label, seed)
+            self.static = _static_examples(self.index.examples, static_per_label, seed)
         self._seed = seed
         self._fixed: list[Message] | None = None
 
@@ -139,11 +147,8 @@ class Classify(Task):
         self._label_of = {word: label for label, word in self.verbalizer.items()}
         self._constraint = Constraint.choice(list(self.verbalizer.values()))
 
-    def _forget(self) -> None:
-        self._fixed, self._prior = None, {}
-        self._set_words()  # a tier may write the labels its own way (a model tuned on other words)
-        if self.index is not None:  # ``static_per_label`` may have changed (a tier's own setting)
-            self.static = _static_examples(self.index.examples, self.static_per_label, self._seed)
+    def _shared(self) -> dict[str, Any]:
+        return {"examples": self.index} if self.index is not None else {}
 
     def system_prompt(self) -> str:
         if not self.list_labels:
@@ -209,13 +214,15 @@ class Classify(Task):
                     break
         return seen
 
-    def _distribution(self, engine: Engine, msgs: list[Message], labels: list[str]) -> tuple[dict[str, float], Any]:
-        margin = None if self.calibrate else self.score_margin  # calibration reorders: bounds would not hold
+    def _distribution(
+        self, engine: Engine, msgs: list[Message], labels: list[str], *, calibrate: bool
+    ) -> tuple[dict[str, float], Any]:
+        margin = None if calibrate else self.score_margin  # calibration reorders: bounds would not hold
         words = [self.verbalizer[c] for c in labels]
         extra = {"choice": True} if self.scoring == "choice" else {}  # engines written before it need not know it
         scored = engine.score(msgs, words, prefix=len(self.fixed_messages()), margin=margin, **extra)
         logps = dict(zip(labels, scored.logprobs, strict=True))
-        if self.calibrate:
+        if calibrate:
             prior = self.prior(engine)
             logps = {c: lp - math.log(max(prior[c], 1e-12)) for c, lp in logps.items()}
         top = max(logps.values())
@@ -227,12 +234,8 @@ class Classify(Task):
         """P(label) for a content-free input under the fixed prompt (computed once per engine)."""
         key = id(engine)
         if key not in self._prior:
-            calibrate, self.calibrate = self.calibrate, False
-            try:
-                msgs = [*self.fixed_messages(), {"role": "user", "content": "N/A"}]
-                self._prior[key] = self._distribution(engine, msgs, self.labels)[0]
-            finally:
-                self.calibrate = calibrate
+            msgs = [*self.fixed_messages(), {"role": "user", "content": "N/A"}]
+            self._prior[key] = self._distribution(engine, msgs, self.labels, calibrate=False)[0]
         return self._prior[key]
 
     def vote(self, text: str) -> Answer:
@@ -263,7 +266,7 @@ class Classify(Task):
         prefix = len(self.fixed_messages())
         if caps.scoring:
             cands = self.candidates(shots)
-            dist, usage = self._distribution(engine, msgs, cands)
+            dist, usage = self._distribution(engine, msgs, cands, calibrate=self.calibrate)
             best = max(dist, key=dist.__getitem__)
             method = "label-scoring" if len(cands) == len(self.labels) else f"label-scoring:shortlist{len(cands)}"
             if self.scoring == "choice":

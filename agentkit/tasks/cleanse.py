@@ -91,6 +91,7 @@ class Cleanse(Task):
     ``max_change`` of the characters, so the model cannot silently lose content."""
 
     kind = "cleanse"
+    knobs = frozenset({"max_tokens"})
 
     def __init__(
         self,

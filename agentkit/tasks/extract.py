@@ -76,13 +76,14 @@ class Extract(Task):
     pydantic and by ``validators``. Confidence is the lowest field's confidence."""
 
     kind = "extract"
+    knobs = frozenset({"k", "max_tokens", "quantile"})
 
     def __init__(
         self,
         schema: type[pydantic.BaseModel],
         *,
         instructions: str = "Extract the fields from the text.",
-        examples: Sequence[Mapping[str, Any]] | None = None,
+        examples: Sequence[Mapping[str, Any]] | ExampleIndex | None = None,
         k: int = 2,
         validators: Sequence[Validator] = (),
         max_tokens: int = 512,
@@ -114,7 +115,11 @@ class Extract(Task):
         self.validators = list(validators)
         self.max_tokens = max_tokens
         self.quantile = quantile
-        self.index = ExampleIndex(examples, retrieval=retrieval) if examples else None
+        self.index = (
+            (examples if isinstance(examples, ExampleIndex) else ExampleIndex(examples, retrieval=retrieval))
+            if examples
+            else None
+        )
         self._json_schema = schema.model_json_schema()
         self._constraint = Constraint.json_schema(self._json_schema)
 
@@ -236,6 +241,9 @@ class Extract(Task):
         value = reply.value.model_dump(mode="json") if reply.value is not None else None
         raw = json.dumps(value, ensure_ascii=False) if value is not None else ""
         return Answer(value, raw, None, "validated", reply.usage, problems, dropped_details(reply.dropped))
+
+    def _shared(self) -> dict[str, Any]:
+        return {"examples": self.index} if self.index is not None else {}
 
     def settings(self) -> dict[str, Any]:
         return {

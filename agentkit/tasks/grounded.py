@@ -91,6 +91,7 @@ class GroundedAnswer(Task):
     """Answer questions from ``corpus`` with cited passages, or abstain."""
 
     kind = "grounded_answer"
+    knobs = frozenset({"k", "quantile", "verify", "max_answer_tokens"})
     max_input_chars = 2000
 
     def __init__(
@@ -130,14 +131,11 @@ class GroundedAnswer(Task):
         self.quantile = quantile
         self.mode = mode
         self.extractive = extractive
+        if verify not in (False, True, "answer", "passage"):
+            raise ConfigError(f"verify must be False, True, 'answer' or 'passage', not {verify!r}")
         self.verify = verify
-        self._forget()
         self._line_constraint = Constraint.regex(r"(no|yes: [^\n]{1,300})")
         self._joint_constraint = Constraint.json_schema(_joint_schema(k))
-
-    def _forget(self) -> None:
-        if self.verify not in (False, True, "answer", "passage"):  # also a tier's own setting (TASK_KNOBS)
-            raise ConfigError(f"verify must be False, True, 'answer' or 'passage', not {self.verify!r}")
 
     def default_policy(self) -> Policy:
         return Policy(when_unsure="abstain")
