@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from html.parser import HTMLParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentkit.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from pypdf import PageObject
 
 MAX_DOCUMENT_CHARS = 200_000
 """Longer extracted texts are refused (a 5 MB text is not an invoice)."""
@@ -43,7 +46,7 @@ def pdf_text(data: bytes, *, name: str = "document") -> str:
     return text
 
 
-def _page_text(page: Any) -> str:
+def _page_text(page: PageObject) -> str:
     try:
         return page.extract_text(extraction_mode="layout") or ""
     except Exception:  # noqa: BLE001 - layout mode is stricter on some files: fall back to reading order
@@ -109,7 +112,7 @@ class _TextOfHtml(HTMLParser):
         self.parts: list[str] = []
         self._skip = 0
 
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style", "head"):
             self._skip += 1
         elif tag in self._BLOCK:

@@ -51,7 +51,8 @@ def _erf(x: np.ndarray) -> np.ndarray:
     for c in reversed(coeffs[1:]):
         poly = (poly + np.float32(c)) * t
     erfc = t * np.exp(-a * a + np.float32(coeffs[0]) + poly)
-    return np.sign(x) * (np.float32(1.0) - erfc)
+    out: np.ndarray = np.sign(x) * (np.float32(1.0) - erfc)
+    return out
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -61,7 +62,8 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * w + b
+    out: np.ndarray = (x - mean) / np.sqrt(var + eps) * w + b
+    return out
 
 
 class MiniLM:
@@ -134,7 +136,8 @@ class MiniLM:
 
             def lin(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
                 flat = h.reshape(-1, h.shape[-1]) @ w[p + name + ".weight"] + w[p + name + ".bias"]
-                return flat.reshape(*h.shape[:-1], -1)
+                out: np.ndarray = flat.reshape(*h.shape[:-1], -1)
+                return out
 
             q = lin(x, "attention.self.query").reshape(n, length, heads, hd).transpose(0, 2, 1, 3)
             k = lin(x, "attention.self.key").reshape(n, length, heads, hd).transpose(0, 2, 3, 1)
@@ -151,7 +154,8 @@ class MiniLM:
             h = lin(_gelu(lin(x, "intermediate.dense")), "output.dense")
             x = _layer_norm(x + h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
         pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return unit
 
 
 _default: MiniLM | None = None

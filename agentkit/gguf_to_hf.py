@@ -29,7 +29,8 @@ def convert(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
-    model.hf_quantizer = None  # dequantized on load: save it as a plain model
+    # dequantized on load: save it as a plain model (transformers' types do not declare the attribute it sets)
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)

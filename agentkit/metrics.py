@@ -93,7 +93,8 @@ def extraction(
 
 def fields_right(predicted: Mapping[str, Any] | None, expected: Mapping[str, Any], **kw: Any) -> bool:
     """Whether every (non-empty) gold field matches, normalized."""
-    return extraction([predicted], [expected], **kw)["all_fields"] == 1.0
+    all_fields: float = extraction([predicted], [expected], **kw)["all_fields"]
+    return all_fields == 1.0
 
 
 # ---- grounded answering (SQuAD 2.0) --------------------------------------------------------
@@ -200,7 +201,7 @@ def reliability(confidences: Sequence[float | None], scores: Sequence[float], bi
     """Reliability table (per confidence bin: count, mean confidence, accuracy) and the expected
     calibration error (count-weighted mean gap). Items without a confidence are left out."""
     pairs = [(c, s) for c, s in zip(confidences, scores, strict=True) if c is not None]
-    table = []
+    table: list[dict[str, Any]] = []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
         inside = [(c, s) for c, s in pairs if lo <= c < hi or (b == bins - 1 and c == 1.0)]

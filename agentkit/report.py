@@ -7,8 +7,17 @@ import html
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from rich.console import Console
+
+_Column = Callable[[dict[str, Any]], str]
+"""A quality column's cell, from the configuration's quality figures."""
 
 
 def config_label(report: dict[str, Any], key: str) -> str:
@@ -18,7 +27,7 @@ def config_label(report: dict[str, Any], key: str) -> str:
     return key
 
 
-def _quality_columns(kind: str) -> list[tuple[str, Any]]:
+def _quality_columns(kind: str) -> list[tuple[str, _Column]]:
     if kind.endswith("grounded_answer"):
         return [
             ("F1", lambda q: f"{q['f1']:.1f}"),
@@ -55,7 +64,7 @@ def rows(report: dict[str, Any], section: str = "all") -> tuple[list[str], list[
     return header, out
 
 
-def print_report(report: dict[str, Any], console: Any = None) -> None:
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """The report as Rich tables (every configuration; the calibrated pick on the test split)."""
     from rich.console import Console
     from rich.table import Table
@@ -105,7 +114,7 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _svg(fig: Any) -> str:
+def _svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -115,7 +124,7 @@ def _svg(fig: Any) -> str:
     return text[text.find("<svg") :]
 
 
-def _finish(fig: Any, ax: Any, title: str, xlabel: str, ylabel: str) -> str:
+def _finish(fig: Figure, ax: Axes, title: str, xlabel: str, ylabel: str) -> str:
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

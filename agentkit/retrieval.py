@@ -31,7 +31,7 @@ def cached_embeddings(texts: Sequence[str]) -> np.ndarray:
     digest = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:24]
     path = cache_dir() / "embeddings" / f"minilm-{digest}.npy"
     if path.is_file():
-        vectors = np.load(path)
+        vectors: np.ndarray = np.load(path)
         if vectors.shape == (len(texts), 384):
             return vectors
     vectors = default_embedder().embed(texts)

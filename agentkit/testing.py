@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError
@@ -61,13 +62,13 @@ class FakeEngine:
             offsets.append(pos)
             pos += len(w) + 1
         probs = [self.confidence] * len(words)
-        finish = "length" if len(words) > max_tokens else "stop"
+        finish: Literal["stop", "length"] = "length" if len(words) > max_tokens else "stop"
         usage = Usage(
             prompt_tokens=sum(len(m["content"].split()) for m in messages),
             completion_tokens=len(words),
             seconds=self.seconds,
         )
-        return Generation(text=text, finish_reason=finish, token_probs=probs, offsets=offsets, usage=usage)  # type: ignore[arg-type]
+        return Generation(text=text, finish_reason=finish, token_probs=probs, offsets=offsets, usage=usage)
 
     def score(
         self,
@@ -114,7 +115,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager

@@ -169,13 +169,15 @@ class LlamaCppEngine(TokenEngine):
     # ---- the primitives TokenEngine builds on --------------------------------------
 
     def _chat(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
-        return self._formatter(add_generation_prompt)(messages=messages).prompt
+        prompt: str = self._formatter(add_generation_prompt)(messages=messages).prompt
+        return prompt
 
     def _tokenize(self, text: str, *, first: bool) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=first, special=True))
 
     def _token_bytes(self, token: int) -> bytes:
-        return self._llm.detokenize([token], special=False)
+        piece: bytes = self._llm.detokenize([token], special=False)
+        return piece
 
     def _is_end(self, token: int) -> bool:
         import llama_cpp
@@ -229,7 +231,8 @@ class LlamaCppEngine(TokenEngine):
         import llama_cpp
 
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        return llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), 0) == len(state)
+        restored: int = llama_cpp.llama_state_seq_set_data(self._llm._ctx.ctx, buf, len(state), 0)
+        return restored == len(state)
 
     def close(self) -> None:
         with self._lock:

@@ -28,13 +28,15 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import ConfigError, EngineError, ModelUnavailableError
 
 Flavor = Literal["auto", "vllm", "llamacpp", "openai"]
+_T = TypeVar("_T")
 CANARY_OPTIONS = ["qv7zx", "kj3wp"]
 """The only two replies the canary allows; asked for a different word, a model says neither
 unless the constraint is enforced."""
@@ -177,20 +179,22 @@ class OpenAIServerEngine:
         self._setup()
         if not self._caps.scoring:
             raise ConfigError(f"{self.name} cannot score continuations", hint="tasks use a choice constraint instead")
+        model = self._model
+        assert model is not None  # set-up names the model
         t0 = time.perf_counter()
         base = self._tokens({"messages": messages, "add_generation_prompt": True})
         bodies = [self._text_tokens(c) + self._eot for c in continuations]
         response = self._call(
             lambda: self._client.completions.create(
-                model=self._model, prompt=[base + b for b in bodies], max_tokens=1, temperature=0.0,
+                model=model, prompt=[base + b for b in bodies], max_tokens=1, temperature=0.0,
                 extra_body={"prompt_logprobs": 0},
             )
         )  # fmt: skip
         per_token: list[list[float]] = [[] for _ in bodies]
         for reply in response.choices:
-            rows = (getattr(reply, "prompt_logprobs", None) or (reply.model_extra or {}).get("prompt_logprobs"))[
-                len(base) :
-            ]
+            extra: dict[str, Any] = reply.model_extra or {}
+            prompt_logprobs: Any = getattr(reply, "prompt_logprobs", None) or extra.get("prompt_logprobs")
+            rows = prompt_logprobs[len(base) :]
             body = bodies[reply.index]
             per_token[reply.index] = [float(row[str(tok)]["logprob"]) for tok, row in zip(body, rows, strict=True)]
         totals = choice_logprobs(bodies, per_token) if choice else [sum(lps) for lps in per_token]
@@ -208,7 +212,8 @@ class OpenAIServerEngine:
         req = urllib.request.Request(f"{root}{path}", data, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read())
+                reply: dict[str, Any] = json.loads(r.read())
+                return reply
         except urllib.error.HTTPError as e:
             raise EngineError(f"{root}{path}: HTTP {e.code}", retryable=e.code == 429 or e.code >= 500) from e
         except OSError as e:
@@ -322,7 +327,7 @@ class OpenAIServerEngine:
             ),
         )
 
-    def _call(self, request: Any) -> Any:
+    def _call(self, request: Callable[[], _T]) -> _T:
         try:
             return request()
         except self._openai.APIError as e:

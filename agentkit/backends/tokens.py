@@ -17,7 +17,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def lcp(a: list[int], b: list[int]) -> int:
 def log_softmax(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     z = x - m
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out
 
 
 class TokenEngine:
@@ -270,7 +272,7 @@ class TokenEngine:
                 proc.reset()
             out: list[int] = []
             probs: list[float] = []
-            finish: str = "length"
+            finish: Literal["stop", "length"] = "length"
             stop_prob: float | None = None
             for _ in range(max_tokens):
                 if proc is not None:
@@ -419,7 +421,8 @@ class _PrefixSearch:
         for j in range(keep, len(path)):
             self.rows[path[: j + 1]] = out[j - keep]
         self.decoded += len(path) - keep
-        return out[-1]
+        last: np.ndarray = out[-1]
+        return last
 
     def step(self, node: tuple[int, ...], token: int) -> float:
         """The log-probability of ``token`` after ``node`` (``choice``: 0 where it is the only way on)."""
@@ -435,7 +438,7 @@ class _PrefixSearch:
     def logprob(self, ct: list[int], start: int = 0, bound: float = 0.0) -> float:
         """``bound`` (the log-probability of ``ct[:start]``) plus that of the rest of ``ct``."""
         self.row_after(tuple(self.wanted(ct)))  # decodes every missing prefix of ct in one call
-        steps = range(start, len(ct))
+        steps: Iterable[int] = range(start, len(ct))
         if self.forks is not None:
             steps = [j for j in steps if tuple(ct[:j]) in self.forks]
         return bound + sum(self.step(tuple(ct[:j]), ct[j]) for j in steps)

@@ -83,7 +83,8 @@ class TransformersEngine(TokenEngine):
         try:
             where = str(dequantized(self.model_path, self._dtype) if self.model_path.is_file() else self.model_path)
             tok = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, self._dtype))
+            # Any: the model or its PEFT wrapper, and transformers types ``model.to`` as a plain function
+            model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, self._dtype))
         except (OSError, ValueError, ImportError) as e:
             raise ModelUnavailableError(f"transformers could not load {self.model_path}: {e}") from e
         if self.adapter_path is not None:
@@ -113,19 +114,24 @@ class TransformersEngine(TokenEngine):
     # ---- the primitives TokenEngine builds on --------------------------------------
 
     def _chat(self, messages: list[Message], *, add_generation_prompt: bool) -> str:
-        return self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        prompt: str = self._tok.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        return prompt
 
     def _tokenize(self, text: str, *, first: bool) -> list[int]:
         return list(self._tok(text, add_special_tokens=first and self._tok.bos_token is not None).input_ids)
 
     def _token_bytes(self, token: int) -> bytes:
-        return self._tok.decode([token], skip_special_tokens=True).encode("utf-8")
+        piece: str = self._tok.decode([token], skip_special_tokens=True)
+        return piece.encode("utf-8")
 
     def _is_end(self, token: int) -> bool:
         return token in self._ends
 
     def _eos(self) -> int | None:
-        return self._tok.eos_token_id
+        eos: int | None = self._tok.eos_token_id
+        return eos
 
     def _outlines_model(self) -> Any:
         import outlines
@@ -150,7 +156,8 @@ class TransformersEngine(TokenEngine):
         except RuntimeError as e:
             self._cut_cache(pos)
             raise EngineError(f"transformers forward failed: {e}", retryable=False) from e
-        return out.logits[0, -rows:].float().cpu().numpy()
+        logits: np.ndarray = out.logits[0, -rows:].float().cpu().numpy()
+        return logits
 
     def _cache_state(self) -> Any:
         import copy

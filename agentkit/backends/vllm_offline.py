@@ -63,7 +63,7 @@ class VLLMOfflineEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Any, Any, Future[Any]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, Any, Future[Any]] | None] = queue.Queue()  # None: stop
         self._worker: threading.Thread | None = None
         self._eot: list[int] | None = None
 
@@ -108,7 +108,7 @@ class VLLMOfflineEngine:
         with self._load_lock:
             if self._llm is None:
                 return
-            self._queue.put(None)  # type: ignore[arg-type]
+            self._queue.put(None)
             if self._worker is not None:
                 self._worker.join(timeout=30)
             core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
