@@ -14,6 +14,7 @@ Ends with one JSON line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,10 +86,11 @@ def main() -> None:
         print()
     meta = json.loads((out / "tune.json").read_text())
     node, ladders = comparison(stock, out, merged=not args.lora)
-    tuned = next(t for t in node.tiers if t.name.startswith("tuned:"))
-    tuned.task = {**tuned.task, "scoring": args.tuned_scoring}
+    at = next(i for i, t in enumerate(node.tiers) if t.name.startswith("tuned:"))
+    tuned_task = {**node.tiers[at].task, "scoring": args.tuned_scoring}
     if args.tuned_shortlist is not None:
-        tuned.task = {**tuned.task, "shortlist": None if args.tuned_shortlist == "none" else int(args.tuned_shortlist)}
+        tuned_task["shortlist"] = None if args.tuned_shortlist == "none" else int(args.tuned_shortlist)
+    node.tiers[at] = dataclasses.replace(node.tiers[at], task=tuned_task)
     held_out = split.test
     if args.eval_data:
         trained_on = {normalize_text(r["input"]) for r in split.train}

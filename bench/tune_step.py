@@ -21,14 +21,14 @@ from agentkit import Classify
 from agentkit.data import read_jsonl, sample, split_records
 from agentkit.tune import (
     TuneConfig,
-    _encode,
-    _pad,
-    _peak_rss_gb,
     base_model,
+    encode_examples,
     lora_config,
     pack,
     packed_reply_loss,
+    pad_batch,
     pad_id,
+    peak_rss_gb,
     reply_loss,
     training_set,
 )
@@ -71,18 +71,18 @@ def main() -> None:
         for name, param in model.named_parameters():
             param.requires_grad = "lora_" in name and f".{adapter}." in name
 
-    rows, _, _ = _encode(tok, data.examples, config.max_len)
+    rows, _, _ = encode_examples(tok, data.examples, config.max_len)
     pad = pad_id(tok)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows) - args.batch + 1, args.batch)]
 
     def full(batch):
         use("default")
-        ids, lab, mask = _pad(batch, pad, torch)
+        ids, lab, mask = pad_batch(batch, pad, torch)
         return model(input_ids=ids, attention_mask=mask, labels=lab).loss
 
     def reply(batch):
         use("default")
-        return reply_loss(model, *_pad(batch, pad, torch))
+        return reply_loss(model, *pad_batch(batch, pad, torch))
 
     def packed(batch):
         use("default")
@@ -116,7 +116,7 @@ def main() -> None:
     top_s = medians[3] if args.layers else None
     print(f"reply positions vs full logits {full_s / reply_s:.2f}×; packed vs padded {reply_s / packed_s:.2f}×"
           + (f"; last {args.layers} layers vs all (packed) {packed_s / top_s:.2f}×" if top_s else "")
-          + f"; peak RSS {_peak_rss_gb():.2f} GB")  # fmt: skip
+          + f"; peak RSS {peak_rss_gb():.2f} GB")  # fmt: skip
     full_l, reply_l, packed_l = list(losses.values())[:3]
     emit({
         "bench": "tune_step", "data": str(args.data), "steps": len(batches), "batch": args.batch,
@@ -129,7 +129,7 @@ def main() -> None:
         "top_layers_speedup": round(packed_s / top_s, 3) if top_s else None,
         "max_loss_diff": round(max(abs(a - b) for a, b in zip(full_l, reply_l, strict=True)), 6),
         "max_packed_loss_diff": round(max(abs(a - b) for a, b in zip(reply_l, packed_l, strict=True)), 6),
-        "peak_rss_gb": round(_peak_rss_gb(), 2),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
     })  # fmt: skip
 
 

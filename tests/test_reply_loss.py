@@ -11,7 +11,7 @@ peft = pytest.importorskip("peft")
 
 
 def test_reply_loss_equals_the_full_causal_lm_loss():
-    from agentkit.tune import _pad, reply_loss
+    from agentkit.tune import pad_batch, reply_loss
 
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
@@ -22,7 +22,7 @@ def test_reply_loss_equals_the_full_causal_lm_loss():
     lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     model = peft.get_peft_model(model, lora)
     rows = [(list(range(5, 17)), 9), (list(range(40, 47)), 4), (list(range(100, 120)), 18)]  # (tokens, prompt)
-    ids, labels, mask = _pad(rows, 0, torch)
+    ids, labels, mask = pad_batch(rows, 0, torch)
     full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     ours = reply_loss(model, ids, labels, mask)
     assert torch.allclose(full, ours, atol=1e-5), (float(full), float(ours))
@@ -35,7 +35,7 @@ def test_reply_loss_equals_the_full_causal_lm_loss():
 def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
     """Rows sharing prompt prefixes, packed into one sequence (each shared prefix once, a tree mask),
     give the padded batch's loss and the same adapter gradients — the same adapter, on fewer tokens."""
-    from agentkit.tune import _pad, pack, packed_reply_loss, reply_loss
+    from agentkit.tune import pack, packed_reply_loss, pad_batch, reply_loss
 
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
@@ -57,7 +57,7 @@ def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
         loss.backward()
         return [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
 
-    padded = reply_loss(model, *_pad(rows, 0, torch))
+    padded = reply_loss(model, *pad_batch(rows, 0, torch))
     ours = packed_reply_loss(model, packed)
     assert torch.allclose(padded, ours, atol=1e-5), (float(padded), float(ours))
     for a, b in zip(grads(padded), grads(packed_reply_loss(model, packed)), strict=True):
@@ -66,7 +66,7 @@ def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
     odd = [([1, 2, 3, 4], 2), ([5, 6, 7], 1)]
     assert pack(odd, torch).ids.shape[1] == 7
     assert torch.allclose(
-        reply_loss(model, *_pad(odd, 0, torch)), packed_reply_loss(model, pack(odd, torch)), atol=1e-5
+        reply_loss(model, *pad_batch(odd, 0, torch)), packed_reply_loss(model, pack(odd, torch)), atol=1e-5
     )
     # a reader's batch: shared instructions, then two passages each shared by its questions (a prefix
     # tree: each passage once), rows out of order, one row the prefix of another, a duplicate row
@@ -78,7 +78,7 @@ def test_a_packed_batch_has_the_padded_batchs_loss_and_gradients(attention):
     packed = pack(tree, torch)
     assert packed.ids.shape[1] == len(rules) + len(one) + 3 + 2 + len(two) + 3
     assert len(packed.targets) == sum(len(t) - n for t, n in tree)
-    padded = reply_loss(model, *_pad(tree, 0, torch))
+    padded = reply_loss(model, *pad_batch(tree, 0, torch))
     assert torch.allclose(padded, packed_reply_loss(model, packed), atol=1e-5), float(padded)
     for a, b in zip(grads(padded), grads(packed_reply_loss(model, packed)), strict=True):
         assert torch.allclose(a, b, atol=1e-5)

@@ -191,7 +191,7 @@ def test_the_gguf_adapter_changes_llamacpp_and_agrees_with_peft(tuned, small, sm
 
 
 def test_bound_to_the_node_with_provenance_and_compared_side_by_side(tuned, node, sms):
-    from agentkit.evaluate import evaluate_node
+    from agentkit.eval import evaluate_node
     from agentkit.tune import bind, comparison
 
     out, report, _ = tuned
@@ -270,7 +270,7 @@ def test_adapting_more_layers_than_the_model_has_is_a_clear_error():
 
 
 def test_tuning_without_the_extra_is_a_clear_error(monkeypatch):
-    from agentkit.tune import _require_training
+    from agentkit.tune.training import _require_training
 
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ModelUnavailableError, match=r"agentkit\[hf\]"):
