@@ -1,0 +1,51 @@
+"""What the commands share: the console for messages, the progress bar, loading a target with its
+node settings, and the one mapping of library errors to a red message and exit status 2."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from agentkit.errors import AgentkitError
+
+
+def error_console() -> Console:
+    """Where progress, tables and messages go (stderr: stdout stays for the JSON records)."""
+    return Console(stderr=True, soft_wrap=True)
+
+
+def progress_bar(console: Console) -> Progress:
+    """A transient bar: description, bar, done/total, time left."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+@contextmanager
+def exit_on_error(err: Console) -> Iterator[None]:
+    """A library error (or a bad option value) as a red message and exit status 2, no stack trace."""
+    try:
+        yield
+    except (AgentkitError, ValueError) as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+def load(target: str, config: Path | None, err: Console) -> object:
+    """The target with its node settings applied (``--config``, or ``./agentkit.toml`` if present)."""
+    from agentkit import config as node_config
+    from agentkit.runner import load_target, nodes_of
+
+    try:
+        loaded = load_target(target)
+        path = config or (Path("agentkit.toml") if Path("agentkit.toml").is_file() else None)
+        if path is not None:
+            configured = node_config.apply(path, nodes_of(loaded))
+            if configured:
+                err.print(f"settings from {path} applied to: {', '.join(configured)}")
+    except AgentkitError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    return loaded

@@ -1,0 +1,83 @@
+"""``agentkit eval``: a node's tiers alone and its cascade at a threshold sweep on labelled records,
+a calibrated threshold (a workflow: its outputs against the gold fields)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentkit.cli._common import error_console, exit_on_error, load, progress_bar
+
+
+def evaluate(
+    target: Annotated[str, typer.Argument(help="node or workflow: name or path/to/file.py:attribute")],
+    data: Annotated[Path, typer.Option("--data", help="JSONL records with 'input' and 'expected'")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="report folder (JSON, HTML, answers)")] = Path("eval"),
+    limit: Annotated[int | None, typer.Option("--limit", help="first N records")] = None,
+    thresholds: Annotated[str, typer.Option("--thresholds", help="comma-separated sweep")] = "",
+    target_score: Annotated[float | None, typer.Option("--target", help="cheapest threshold reaching this")] = None,
+    budget: Annotated[float | None, typer.Option("--budget", help="best score at most this USD per item")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="calibration/test split seed")] = 0,
+    field: Annotated[str | None, typer.Option("--field", help="workflow output key to compare")] = None,
+    map_fields: Annotated[str, typer.Option("--fields", help="gold=output field names, comma-separated")] = "",
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="field=date|amount|text, how gold fields compare (default text)")
+    ] = "",
+    write_config: Annotated[
+        Path | None, typer.Option("--write-config", help="save the chosen threshold here (agentkit run reads it)")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="node settings to start from")] = None,
+    tuned: Annotated[
+        Path | None,
+        typer.Option("--tuned", help="an `agentkit tune` folder: its tuned tier side by side with the stock one"),
+    ] = None,
+) -> None:
+    """Small-only vs large-only vs the cascade at a threshold sweep; a calibrated threshold."""
+    from agentkit import config as node_config
+    from agentkit.eval import THRESHOLDS, evaluate_node, evaluate_workflow
+    from agentkit.node import Node
+    from agentkit.report import print_report, write_html, write_json
+    from agentkit.runner import load_records
+
+    err = error_console()
+    loaded = load(target, config, err)
+    ladders = None
+    with exit_on_error(err):
+        if tuned is not None:
+            from agentkit.tune import comparison
+
+            if not isinstance(loaded, Node):
+                raise ValueError("--tuned compares the tiers of a node, not a workflow")
+            loaded, ladders = comparison(loaded, tuned)
+        records = load_records(data, limit)
+        sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
+        fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
+        field_kinds = dict(pair.split("=", 1) for pair in kinds.split(",") if pair.strip())
+        if set(field_kinds.values()) - {"date", "amount", "text"}:
+            raise ValueError(f"--kinds takes date, amount or text, got {kinds!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    with progress_bar(err) as progress:
+        bar = progress.add_task(target, total=len(records))
+
+        def step(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        if isinstance(loaded, Node):
+            report = evaluate_node(
+                loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
+                cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
+                ladders=ladders,
+            )  # fmt: skip
+        else:
+            report = evaluate_workflow(
+                loaded, records, field=field, fields=fields or None, kinds=field_kinds or None, on_item=step
+            )
+    report["data"] = str(data)
+    print_report(report, err)
+    err.print(f"report: {write_json(report, out / 'report.json')}  {write_html(report, out / 'report.html')}")
+    if write_config is not None and isinstance(loaded, Node) and "calibration" in report:
+        settings = node_config.node_settings(loaded) | {"threshold": report["calibration"]["threshold"]}
+        node_config.save(write_config, {loaded.name: settings})
+        err.print(f"threshold {settings['threshold']:g} for node {loaded.name!r} written to {write_config}")
+    if report.get("interrupted"):
+        raise typer.Exit(130)
