@@ -22,9 +22,10 @@ from agentkit.result import Attempt, Result, Trace, collect
 from agentkit.task import Answer, Task
 from agentkit.tasks.classify import Classify
 from agentkit.tasks.cleanse import Cleanse
-from agentkit.tasks.extract import Drop, Extract
+from agentkit.tasks.extract import Extract
 from agentkit.tasks.grounded import GroundedAnswer, GroundedReply
 from agentkit.tier import Tier
+from agentkit.validation import Drop, Validator
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "Tier",
     "Trace",
     "Usage",
+    "Validator",
     "collect",
     "compare_fields",
     "normalize_text",

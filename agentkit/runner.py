@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from agentkit.errors import ConfigError
 from agentkit.result import collect
+from agentkit.stats import summarize
 
 SHIPPED = {"invoice": "workflows.invoice:graph", "email": "workflows.email:graph"}
 """Workflow names ``agentkit run`` knows; anything else is ``path/to/file.py:attribute``."""
@@ -260,26 +261,8 @@ class RunSummary:
     interrupted: bool = False
 
     def figures(self) -> dict[str, Any]:
-        rs = self.records
-        n = len(rs)
-        lat = sorted(r.get("latency_s", 0.0) for r in rs)
-
-        def pct(q: float) -> float:
-            return lat[min(n - 1, int(q * n))] if n else 0.0
-
-        cost = sum(r.get("cost_usd", 0.0) for r in rs)
-        return {
-            "items": n,
-            "resumed_past": self.skipped,
-            "succeeded": sum(bool(r.get("ok")) for r in rs),
-            "failed": sum(not r.get("ok") for r in rs),
-            "escalation_rate": sum(bool(r.get("escalated")) for r in rs) / n if n else 0.0,
-            "cost_usd": cost,
-            "cost_per_item_usd": cost / n if n else 0.0,
-            "latency_p50_s": pct(0.5),
-            "latency_p95_s": pct(0.95),
-            "interrupted": self.interrupted,
-        }
+        """:func:`agentkit.stats.summarize` of the records written, with what was resumed past."""
+        return summarize(self.records) | {"resumed_past": self.skipped, "interrupted": self.interrupted}
 
 
 def run_batch(

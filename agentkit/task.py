@@ -100,6 +100,11 @@ class Task(ABC):
         """Whether a tier's answer ``value`` is itself an abstention (a grounded "not in these passages")."""
         return False
 
+    def training_reply(self, value: Any) -> str:
+        """The reply a model is trained to write for the gold ``value`` (:func:`agentkit.tune.training_set`).
+        A task that cannot be tuned raises :class:`ConfigError`."""
+        raise ConfigError(f"a {self.kind} task cannot be tuned yet", hint="Classify, Extract and GroundedAnswer can")
+
     def variant(self, **knobs: Any) -> Task:
         """This task built again with some :attr:`knobs` changed (built once per setting, then reused).
         Whatever the task built from its data (an example index) is shared, not built again."""

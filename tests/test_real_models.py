@@ -290,15 +290,20 @@ def test_eval_derives_what_the_node_returns_on_real_answers(small, large, sms_sp
     asking.run(items[0])  # the prompt's fixed part cached, as it is for every later call
     table = [row for _, row in iter_answers(asking, items, cache=tmp_path / "answers.jsonl")]
     assert all(not row[1].valid and row[1].transient for row in table)  # the down tier: never an answer
-    small_conf = sorted({row[0].confidence for row in table})
-    thresholds = [(a + b) / 2 for a, b in zip(small_conf, small_conf[1:], strict=False)][len(small_conf) // 2 :][:1]
-    thresholds.append(0.9999)  # above nearly every answer: the fallbacks decide
+    # llama.cpp's scores move a little with how a prompt is batched (up to ~0.15 in log-odds between two runs):
+    # an item whose answers lie that close to a threshold may rightly go either way there, and is not compared
+    thresholds = (0.9, 0.9999)
+    close = lambda row, th: any(abs(_logit(a.confidence) - _logit(th)) < 0.3 for a in row if a.valid)  # noqa: E731
+    compared = 0
     seen = set()
     for th in thresholds:
         for unsure in ("best", "fail", "abstain"):
             policy = Policy(threshold=th, retries=0, when_unsure=unsure)
             node = Node(task, tiers, policy)
             for value, row in zip(items, table, strict=True):
+                if close(row, th):
+                    continue
+                compared += 1
                 live = node.run(value)
                 derived = cascade(row, policy, task.abstention(""), task.is_abstention)
                 live_value = live.value if live.ok else None
@@ -306,6 +311,11 @@ def test_eval_derives_what_the_node_returns_on_real_answers(small, large, sms_sp
                 assert live.tier == (tiers[derived.tier].name if derived.tier is not None else None)
                 assert live.escalated == derived.escalated and (live.accepted == "abstained") == derived.abstained
                 if live.confidence is not None:
-                    assert live.confidence == pytest.approx(derived.confidence, abs=1e-4)
+                    assert abs(_logit(live.confidence) - _logit(derived.confidence)) < 0.5
                 seen.add(live.accepted or "failed")
-    assert {"confident", "below_threshold", "abstained", "failed"} <= seen
+    assert {"confident", "below_threshold", "abstained", "failed"} <= seen and compared >= len(items) * 4
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))

@@ -29,11 +29,11 @@ def release_what_this_module_loaded():
     import ctypes
     import gc
 
-    from agentkit import tier
+    from agentkit.backends.registry import close_engines, engine_keys
 
-    before = set(tier._engines)
+    before = engine_keys()
     yield
-    tier.close_engines(keep=before.__contains__)
+    close_engines(keep=before.__contains__)
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -173,7 +173,7 @@ def test_the_gguf_adapter_changes_llamacpp_and_agrees_with_peft(tuned, small, sm
     out, _, _ = tuned
     task = Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0)
     served = tuned_tier(out, merged=False)  # the GGUF LoRA on the original Q4 model, in llama.cpp
-    assert served.spec.startswith(f"{STOCK}?lora=") and served.task == {"k": 0}
+    assert served.spec.startswith(f"{STOCK}?adapter=") and served.task == {"k": 0}
     merged = tuned_tier(out)  # the adapter folded into a copy of the model: what is served by default
     assert merged.spec == f"gguf:{out.resolve() / 'merged.gguf'}" and merged.task == {"k": 0}
     reference = tuned_tier(out, engine="hf")  # the same adapter through transformers + peft

@@ -11,7 +11,7 @@ from agentkit.backends.spec import TierSpec
 from agentkit.engine import Capabilities, Constraint, Engine, Generation, Message, Scores
 from agentkit.errors import ConfigError
 
-__all__ = ["close_engines", "engine_for", "shared_engine"]
+__all__ = ["close_engines", "engine_for", "engine_keys", "shared_engine"]
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -25,6 +25,12 @@ def shared_engine(key: str, factory: Callable[[], Engine]) -> Engine:
             engine = factory()
             _engines[key] = engine
         return engine
+
+
+def engine_keys() -> set[str]:
+    """The keys of the shared engines made so far (for :func:`close_engines`' ``keep``)."""
+    with _engines_lock:
+        return set(_engines)
 
 
 def close_engines(keep: Callable[[str], bool] = lambda key: False) -> int:

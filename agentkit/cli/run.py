@@ -31,7 +31,7 @@ def run(
     table = Table("items", "ok", "failed", "escalated", "cost", "per item", "p50", "p95", title="agentkit run")
     table.add_row(
         str(figures["items"]),
-        str(figures["succeeded"]),
+        str(figures["ok"]),
         str(figures["failed"]),
         f"{figures['escalation_rate']:.1%}",
         f"${figures['cost_usd']:.6f}",
