@@ -52,6 +52,7 @@ test: models vllm
 
 lint: setup
 	$(VENV)/bin/ruff check agentkit tests bench examples schemas workflows
+	$(VENV)/bin/mypy  # strict on agentkit/ ([tool.mypy] in pyproject.toml)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV)

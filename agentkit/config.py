@@ -56,7 +56,7 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
         unknown = set(settings) - _POLICY_FIELDS - {"tiers", "task"}  # task settings are the task's to check
         if unknown:
             raise ConfigError(f"{path}: node {name!r} has unknown settings {sorted(unknown)}")
-    return nodes
+    return dict(nodes)
 
 
 def configured(node: Node, settings: Mapping[str, Any]) -> Node:

@@ -118,7 +118,11 @@ class Engine(Protocol):
     a node (instructions, label list): engines that cache keep them warm across calls."""
 
     name: str
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the engine can do (a server's are known once it is reached)."""
+        ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -103,7 +103,7 @@ def iter_inputs(specs: Sequence[str], stdin: TextIO | None = None) -> Iterator[I
         elif path.is_file():
             yield from _file_items(path)
         else:
-            yield Item(id=spec, value=InputErrorValue(f"no such file or folder: {spec}"), path=spec)  # type: ignore[arg-type]
+            yield Item(id=spec, value=InputErrorValue(f"no such file or folder: {spec}"), path=spec)
 
 
 class InputErrorValue(str):
@@ -138,7 +138,7 @@ def _file_items(path: Path) -> Iterator[Item]:
 def _stdin_items(stream: TextIO) -> Iterator[Item]:
     text = stream.read()
     lines = [line for line in text.splitlines() if line.strip()]
-    records = []
+    records: list[Any] = []
     for line in lines:
         try:
             rec = json.loads(line)

@@ -64,7 +64,7 @@ class Task(ABC):
                 self.__dict__["_arguments"] = dict(bound)
             init(self, *args, **kw)
 
-        cls.__init__ = recording  # type: ignore[method-assign]
+        cls.__init__ = recording  # type: ignore[method-assign,assignment]
 
     def check_input(self, value: Any) -> str:
         """The text to work on, or :class:`InputError` saying what is wrong with ``value``."""

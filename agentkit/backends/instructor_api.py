@@ -44,7 +44,7 @@ def checked_model(
     return pydantic.create_model(
         schema.__name__,
         __base__=schema,
-        __validators__={"_node_rules": pydantic.model_validator(mode="after")(rules)},
+        __validators__={"_node_rules": pydantic.model_validator(mode="after")(rules)},  # type: ignore[dict-item]
     )
 
 
@@ -123,7 +123,7 @@ class InstructorEngine:
         try:
             value, completion = self._client.chat.completions.create_with_completion(
                 model=self.model,
-                messages=messages,
+                messages=messages,  # type: ignore[arg-type]  # our Message dicts are the wire format
                 response_model=model_cls,
                 max_retries=self.reasks,
                 max_tokens=max_tokens,
@@ -153,7 +153,7 @@ class InstructorEngine:
     def _hooks(self, handlers: Mapping[str, Callable[..., None]]) -> Any:
         hooks = self._instructor.hooks.Hooks()
         for event, handler in handlers.items():
-            hooks.on(event, handler)
+            hooks.on(event, handler)  # type: ignore[arg-type]  # the names are instructor's hook names
         return hooks
 
     def generate(
@@ -166,7 +166,7 @@ class InstructorEngine:
         if constraint.kind != "choice":
             raise ConfigError(f"{self.name}: use structured() for {constraint.kind} output")
         options = tuple(json.loads(constraint.spec))
-        reply = pydantic.create_model("Reply", answer=(Literal[options], ...))  # type: ignore[valid-type]
+        reply = pydantic.create_model("Reply", answer=(Literal[options], ...))  # type: ignore[arg-type]
         got = self.structured(messages, reply, max_tokens=max_tokens)
         return Generation(
             text=str(got.value.answer) if got.value is not None else "",

@@ -125,10 +125,14 @@ class TierSpec:
         return None if value is None else str(value)
 
     def number(self, name: str, default: float) -> float:
-        return float(self.get(name, default))  # type: ignore[arg-type]
+        value = self.get(name, default)
+        assert isinstance(value, (int, float))
+        return float(value)
 
     def integer(self, name: str, default: int) -> int:
-        return int(self.get(name, default))  # type: ignore[call-overload]
+        value = self.get(name, default)
+        assert isinstance(value, int)
+        return value
 
     def flag(self, name: str, default: bool) -> bool:
         return bool(self.get(name, default))

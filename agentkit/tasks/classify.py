@@ -160,8 +160,8 @@ class Classify(Task):
         return "\n".join(lines)
 
     def _cut(self, text: Any) -> str:
-        text = " ".join(str(text).split())
-        return text if len(text) <= self.example_chars else text[: self.example_chars] + "…"
+        flat = " ".join(str(text).split())
+        return flat if len(flat) <= self.example_chars else flat[: self.example_chars] + "…"
 
     def messages(self, text: str) -> tuple[list[Message], list[dict[str, Any]]]:
         """The prompt for ``text`` and the examples retrieved for it (more than ``k`` when a
