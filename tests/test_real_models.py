@@ -165,17 +165,18 @@ def test_prefix_is_reused_across_calls(small):
 
 
 def test_closed_engines_release_their_model_and_load_again_on_use(small):
+    from agentkit.backends.registry import close_engines, engine_keys
     from agentkit.embedded import model_path
-    from agentkit.tier import _engines, close_engines
 
-    spec = f"gguf:{model_path('qwen2.5-0.5b')}?n_ctx=512"  # its own engine, not the session's
+    others = engine_keys()  # the session's engines, kept
+    spec = f"gguf:{model_path('qwen2.5-0.5b')}?context=512"  # its own engine, not the session's
     task = Classify(["ham", "spam"], instructions="Spam or ham?", k=0)
     engine = Tier(spec).engine
     before = task.answer(engine, "See you at 6 then").details["distribution"]
     assert engine.loaded
-    others = {key for key, shared in _engines.items() if shared is not engine}
+    assert len(engine_keys() - others) == 1
     assert close_engines(keep=others.__contains__) == 1
-    assert not engine.loaded and set(_engines) == others  # closed and forgotten; the session's engines kept
+    assert not engine.loaded and engine_keys() == others  # closed and forgotten; the session's engines kept
     again = Tier(spec).engine
     assert again is not engine
     assert task.answer(again, "See you at 6 then").details["distribution"] == pytest.approx(before, abs=1e-6)
@@ -239,7 +240,7 @@ def test_input_longer_than_context_is_a_clear_failure_or_truncated(small):
     node = Node(task, [tier_of(small, "small")])
     result = node.run(long_text)
     assert not result.ok and "context" in result.reason
-    short_context = Tier("embedded:qwen2.5-0.5b?n_ctx=512")  # truncating to 4096/2 tokens would take ~40 s
+    short_context = Tier("embedded:qwen2.5-0.5b?context=512")  # truncating to 4096/2 tokens would take ~40 s
     truncating = Node(task, [short_context], Policy(too_long="truncate"))
     ok = truncating.run(long_text)
     assert ok.ok and ok.attempts[-1].details.get("truncated_to_chars")

@@ -14,7 +14,7 @@ records, and bind the tuned model to the node (``pip install 'agentkit[hf]'``).
    (:mod:`agentkit.tune.training`; batches and losses: :mod:`agentkit.tune.batches`).
 3. :func:`adapter_to_gguf` writes the adapter as a GGUF LoRA (with the ``gguf`` package's own
    tensor-name map), which llama.cpp applies to the original quantized model:
-   ``embedded:qwen2.5-0.5b?lora=ADAPTER.gguf``, and :func:`merge_to_gguf` folds it into a copy of
+   ``embedded:qwen2.5-0.5b?adapter=ADAPTER.gguf``, and :func:`merge_to_gguf` folds it into a copy of
    that model (``gguf:OUT/merged.gguf``, what :func:`tuned_tier` serves: no per-token LoRA work)
    (:mod:`agentkit.tune.convert`). The same adapter folder serves through transformers
    (``hf:qwen2.5-0.5b?adapter=DIR``) and vLLM (``vllm-offline:...?adapter=DIR``).

@@ -1,6 +1,6 @@
 """A peft LoRA adapter for llama.cpp: written as a GGUF LoRA (with the ``gguf`` package's own
 tensor-name map), which llama.cpp applies to the original quantized model
-(``embedded:qwen2.5-0.5b?lora=ADAPTER.gguf``), or folded into a copy of that model (what a tuned
+(``embedded:qwen2.5-0.5b?adapter=ADAPTER.gguf``), or folded into a copy of that model (what a tuned
 tier serves: no per-token LoRA work). gguf is imported inside the functions."""
 
 from __future__ import annotations
