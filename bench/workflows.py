@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 from _common import DATASETS, emit, print_table
-from agentkit.evaluate import percentile
 
 from agentkit.data import normalize_text, read_jsonl, sample, split_records, values_match
 from agentkit.runner import Item, load_target, run_batch
+from agentkit.stats import percentile
 
 INVOICE2DATA_FIELDS = {"issuer": "issuer", "invoice_number": "invoice_number", "date": "issue_date",
                        "amount": "total", "currency": "currency"}  # fmt: skip
