@@ -2,7 +2,7 @@
 
     python bench/classify.py --data ../shared/datasets/sms_spam_collection/dev.jsonl --limit 300
 
-A thin wrapper over ``agentkit eval``'s computation (:func:`agentkit.evaluate.evaluate_node`): each
+A thin wrapper over ``agentkit eval``'s computation (:func:`agentkit.eval.evaluate_node`): each
 item is answered once per tier; the cascade at each threshold is derived from those answers with
 the node's own policy rules; the threshold is chosen on a calibration half of the held-out items
 and reported on the other half. Retrieved examples come only from the train split (the shared
