@@ -24,7 +24,7 @@ from agentkit.node import Node
 from agentkit.policy import Policy
 from agentkit.tier import Tier
 
-__all__ = ["apply", "configured", "load", "node_settings", "save", "tier_setting"]
+__all__ = ["apply", "configured", "load", "node_settings", "save", "save_threshold", "tier_setting"]
 
 _POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}
 
@@ -82,6 +82,13 @@ def apply(path: str | Path, nodes: Iterable[Node]) -> list[str]:
             node.adopt(configured(node, config[node.name]))
             done.append(node.name)
     return done
+
+
+def save_threshold(path: str | Path, node: Node, threshold: float) -> dict[str, Any]:
+    """Write ``node``'s settings with ``threshold`` (a calibrated one, from ``agentkit eval``); returns them."""
+    settings = node_settings(node) | {"threshold": threshold}
+    save(path, {node.name: settings})
+    return settings
 
 
 def save(path: str | Path, nodes: Iterable[Node] | Mapping[str, Mapping[str, Any]]) -> None:

@@ -211,8 +211,8 @@ def test_bound_to_the_node_with_provenance_and_compared_side_by_side(tuned, node
     assert rep["all"]["stock@0.9"]["answered_by"][1] == 0  # the stock ladder never uses the tuned tier
     ladder = [Tier(STOCK), Tier("embedded:qwen2.5-1.5b")]
     mine = Node(Classify(["ham", "spam"], instructions=INSTRUCTIONS, k=0), ladder, name="sms")
-    bind(mine, out)
-    assert mine.tiers[0].name == f"tuned:{out.name}"
+    bound = bind(mine, out)
+    assert bound.tiers[0].name == f"tuned:{out.name}" and mine.tiers[0].spec == STOCK  # a new node
     with pytest.raises(ConfigError, match="no tier"):
         bind(Node(mine.task, ["embedded:qwen2.5-1.5b"], name="other"), out)
 

@@ -76,8 +76,7 @@ def evaluate(
     print_report(report, err)
     err.print(f"report: {write_json(report, out / 'report.json')}  {write_html(report, out / 'report.html')}")
     if write_config is not None and isinstance(loaded, Node) and "calibration" in report:
-        settings = node_config.node_settings(loaded) | {"threshold": report["calibration"]["threshold"]}
-        node_config.save(write_config, {loaded.name: settings})
+        settings = node_config.save_threshold(write_config, loaded, report["calibration"]["threshold"])
         err.print(f"threshold {settings['threshold']:g} for node {loaded.name!r} written to {write_config}")
     if report.get("interrupted"):
         raise typer.Exit(130)

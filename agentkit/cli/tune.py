@@ -93,7 +93,6 @@ def tune(
         f" peak memory {report.peak_rss_gb:.1f} GB"
     )
     if write_config is not None:
-        tuning.bind(node, out)
-        node_config.save(write_config, [node])
+        node_config.save(write_config, [tuning.bind(node, out)])
         err.print(f"tuned tier for node {node.name!r} written to {write_config}")
     err.print(f"compare: agentkit eval {target} --data HELD_OUT.jsonl --tuned {out}")

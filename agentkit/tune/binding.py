@@ -115,12 +115,12 @@ def tuned_tier(
     return Tier(str(spec), task=dict(meta["bind"].get("task", {})), name=f"tuned:{out.name}")
 
 
-def bind(node: Node, out: str | Path, *, merged: bool = True) -> Tier:
-    """Put the tuned model in ``out`` in place of the stock tier it was trained from; returns it."""
+def bind(node: Node, out: str | Path, *, merged: bool = True) -> Node:
+    """A new node: ``node`` with the tuned model in ``out`` in place of the stock tier it was trained from."""
     index = _stock_index(node, _tune_meta(Path(out)), " to replace")
-    tier = tuned_tier(out, merged=merged)
-    node.tiers[index] = tier
-    return tier
+    tiers = list(node.tiers)
+    tiers[index] = tuned_tier(out, merged=merged)
+    return node.replace(tiers=tiers)
 
 
 def comparison(node: Node, out: str | Path, *, merged: bool = True) -> tuple[Node, dict[str, list[int]]]:
