@@ -25,9 +25,11 @@ from agentkit.documents import decode_text, pdf_text
 from agentkit.errors import ConfigError, InputError
 from agentkit.retrieval import Retrieval, cached_embeddings, fuse
 
-FORMAT = 1
-TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
-DOCUMENT_SUFFIXES = {*TEXT_SUFFIXES, ".jsonl", ".pdf"}
+__all__ = ["Corpus", "Passage", "read_documents", "split_passages"]
+
+_FORMAT = 1
+_TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
+_DOCUMENT_SUFFIXES = {*_TEXT_SUFFIXES, ".jsonl", ".pdf"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def read_documents(paths: Iterable[str | Path]) -> list[dict[str, str]]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DOCUMENT_SUFFIXES)
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DOCUMENT_SUFFIXES)
         elif p.is_file():
             files.append(p)
         else:
@@ -245,7 +247,7 @@ class Corpus:
         if self._vectors is not None:
             np.save(target / "vectors.npy", self._vectors)
         manifest = {
-            "format": FORMAT,
+            "format": _FORMAT,
             "max_chars": self.max_chars,
             "stemmer": self.stemmer,
             "retrieval": self.retrieval,
@@ -265,8 +267,8 @@ class Corpus:
         if not manifest_file.is_file():
             raise ConfigError(f"{path} holds no saved corpus (no manifest.json)", hint="build it with Corpus.build")
         manifest = json.loads(manifest_file.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ConfigError(f"{path}: corpus format {manifest.get('format')}, this version reads {FORMAT}")
+        if manifest.get("format") != _FORMAT:
+            raise ConfigError(f"{path}: corpus format {manifest.get('format')}, this version reads {_FORMAT}")
         corpus = cls(
             max_chars=int(manifest["max_chars"]),
             path=path,

@@ -19,6 +19,23 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "Split",
+    "candidates",
+    "compare_fields",
+    "month_number",
+    "normalize_text",
+    "occurs_in",
+    "parse_amount",
+    "parse_date",
+    "read_jsonl",
+    "sample",
+    "split_of",
+    "split_records",
+    "values_match",
+    "word_key",
+]
+
 _WS = re.compile(r"\s+")
 
 

@@ -19,7 +19,18 @@ from agentkit.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from pypdf import PageObject
 
-MAX_DOCUMENT_CHARS = 200_000
+__all__ = [
+    "Email",
+    "decode_text",
+    "document_text",
+    "html_to_text",
+    "parse_email",
+    "pdf_text",
+    "strip_quoted",
+    "strip_signature",
+]
+
+_MAX_DOCUMENT_CHARS = 200_000
 """Longer extracted texts are refused (a 5 MB text is not an invoice)."""
 
 
@@ -73,8 +84,8 @@ def document_text(value: Any, *, name: str = "input") -> str:
         raise InputError(f"{name} must be a document (bytes or text), got {type(value).__name__}")
     if not value.strip():
         raise InputError(f"{name} is empty")
-    if len(value) > MAX_DOCUMENT_CHARS:
-        raise InputError(f"{name} is {len(value):,} characters, the limit is {MAX_DOCUMENT_CHARS:,}")
+    if len(value) > _MAX_DOCUMENT_CHARS:
+        raise InputError(f"{name} is {len(value):,} characters, the limit is {_MAX_DOCUMENT_CHARS:,}")
     return value
 
 

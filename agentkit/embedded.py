@@ -16,6 +16,8 @@ from pathlib import Path
 
 from agentkit.errors import ModelUnavailableError
 
+__all__ = ["EMBEDDED", "EmbeddedModel", "cache_dir", "model_path", "sha256_file", "status"]
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:

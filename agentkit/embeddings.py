@@ -20,10 +20,12 @@ import numpy as np
 
 from agentkit.errors import ModelUnavailableError
 
+__all__ = ["MiniLM", "default_embedder"]
+
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64}
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+def _read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a ``.safetensors`` file (8-byte header size, JSON header, raw data)."""
     raw = Path(path).read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
@@ -98,7 +100,7 @@ class MiniLM:
         tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         tok.enable_truncation(self.max_tokens)
         tok.no_padding()
-        weights = read_safetensors(model_dir / "model.safetensors")
+        weights = _read_safetensors(model_dir / "model.safetensors")
         self._w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in weights.items()}
         for name in [k for k in self._w if k.startswith("encoder.") and self._w[k].ndim == 2]:
             self._w[name] = np.ascontiguousarray(self._w[name].T)  # (in, out): one BLAS call per layer

@@ -15,6 +15,19 @@ from agentkit.validation import Drop, Validator
 if TYPE_CHECKING:
     import pydantic
 
+__all__ = [
+    "Capabilities",
+    "Constraint",
+    "Engine",
+    "Generation",
+    "Message",
+    "Scores",
+    "Structured",
+    "StructuredEngine",
+    "Usage",
+    "choice_logprobs",
+]
+
 Message = dict[str, str]
 """``{"role": "system" | "user" | "assistant", "content": str}``"""
 

@@ -5,6 +5,8 @@ Vendor exceptions are mapped once, at the engine boundary, and chained with ``fr
 
 from __future__ import annotations
 
+__all__ = ["AgentkitError", "ConfigError", "EngineError", "InputError", "ModelUnavailableError", "TaskFailed"]
+
 
 class AgentkitError(Exception):
     """Root of every error agentkit raises on purpose."""

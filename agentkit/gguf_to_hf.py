@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+__all__ = ["convert", "main"]
+
 
 def convert(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
     """Dequantize ``gguf`` into ``out`` (model + tokenizer); returns ``out``."""

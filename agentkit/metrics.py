@@ -19,6 +19,17 @@ from typing import Any
 
 from agentkit.data import values_match
 
+__all__ = [
+    "classification",
+    "extraction",
+    "grounded",
+    "grounded_scores",
+    "item_score",
+    "quality",
+    "reliability",
+    "squad_f1",
+]
+
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
@@ -91,7 +102,7 @@ def extraction(
     }
 
 
-def fields_right(predicted: Mapping[str, Any] | None, expected: Mapping[str, Any], **kw: Any) -> bool:
+def _fields_right(predicted: Mapping[str, Any] | None, expected: Mapping[str, Any], **kw: Any) -> bool:
     """Whether every (non-empty) gold field matches, normalized."""
     all_fields: float = extraction([predicted], [expected], **kw)["all_fields"]
     return all_fields == 1.0
@@ -100,7 +111,7 @@ def fields_right(predicted: Mapping[str, Any] | None, expected: Mapping[str, Any
 # ---- grounded answering (SQuAD 2.0) --------------------------------------------------------
 
 
-def squad_normalize(text: str) -> str:
+def _squad_normalize(text: str) -> str:
     """SQuAD's answer normalization: lower case, no punctuation, no articles, single spaces."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
@@ -109,7 +120,7 @@ def squad_normalize(text: str) -> str:
 
 def squad_f1(prediction: str, gold: str) -> float:
     """Token-overlap F1 between two answers (SQuAD's official definition)."""
-    p, g = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    p, g = _squad_normalize(prediction).split(), _squad_normalize(gold).split()
     if not p or not g:
         return float(p == g)
     common = sum((Counter(p) & Counter(g)).values())
@@ -126,7 +137,7 @@ def grounded_scores(answer: str | None, golds: Sequence[str]) -> tuple[float, fl
         return (1.0, 1.0) if answer is None else (0.0, 0.0)
     if answer is None:
         return (0.0, 0.0)
-    em = max(float(squad_normalize(answer) == squad_normalize(g)) for g in golds)
+    em = max(float(_squad_normalize(answer) == _squad_normalize(g)) for g in golds)
     return em, max(squad_f1(answer, g) for g in golds)
 
 
@@ -179,7 +190,7 @@ def grounded(predicted: Sequence[Any], expected: Sequence[Any]) -> dict[str, Any
 def item_score(kind: str, predicted: Any, expected: Any, **kw: Any) -> float:
     """How right one answer is, 0..1: label equality, all fields right, or SQuAD F1."""
     if kind == "extract":
-        return float(predicted is not None and fields_right(predicted, expected, **kw))
+        return float(predicted is not None and _fields_right(predicted, expected, **kw))
     if kind == "grounded_answer":
         return grounded_scores(_answer_of(predicted), _golds(expected))[1]
     return float(predicted is not None and str(predicted) == str(expected))

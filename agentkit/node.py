@@ -23,6 +23,8 @@ from agentkit.result import Attempt, Result, Trace, publish
 from agentkit.task import Answer, Task
 from agentkit.tier import Tier
 
+__all__ = ["DEFAULT_LADDER", "InputSelector", "Node", "select"]
+
 DEFAULT_LADDER = ("embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b")
 
 InputSelector = str | Callable[[Any], Any]

@@ -13,6 +13,8 @@ from typing import Literal
 
 from agentkit.errors import ConfigError
 
+__all__ = ["Acceptance", "Decision", "Policy", "Rung", "Verdict"]
+
 Verdict = Literal["accept", "invalid", "passed_up", "unscored", "low_confidence"]
 """What the policy made of one tier's answer: ``accept``; ``invalid`` (it did not validate, or the tier
 failed); ``passed_up`` (an abstention sent on under ``escalate_abstentions``); ``unscored`` (no

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.console import Console
 
+__all__ = ["print_report", "write_html", "write_json"]
+
 _Column = Callable[[dict[str, Any]], str]
 """A quality column's cell, from the configuration's quality figures."""
 
 
-def config_label(report: dict[str, Any], key: str) -> str:
+def _config_label(report: dict[str, Any], key: str) -> str:
     """``tier0`` → the tier's name; cascades keep their ``cascade@0.8`` key."""
     if key.startswith("tier"):
         return f"{report['tiers'][int(key[4:])]} only"
@@ -39,7 +41,7 @@ def _quality_columns(kind: str) -> list[tuple[str, _Column]]:
     return [("accuracy", lambda q: f"{q['accuracy']:.3f}"), ("macro-F1", lambda q: f"{q['macro_f1']:.3f}")]
 
 
-def rows(report: dict[str, Any], section: str = "all") -> tuple[list[str], list[list[str]]]:
+def _rows(report: dict[str, Any], section: str = "all") -> tuple[list[str], list[list[str]]]:
     """Header and rows of one section (``all`` or ``test``): one row per configuration."""
     quality = _quality_columns(report["kind"])
     header = ["configuration", *[name for name, _ in quality], "score [95% CI]", "escalated", "failures",
@@ -50,7 +52,7 @@ def rows(report: dict[str, Any], section: str = "all") -> tuple[list[str], list[
         per_answer = f["cost_per_answer"]
         out.append(
             [
-                config_label(report, key),
+                _config_label(report, key),
                 *[fmt(f["quality"]) for _, fmt in quality],
                 f"{f['score']:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"{f['escalation_rate']:.1%}",
@@ -71,7 +73,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     section = "test" if "test" in report else "all"
-    header, body = rows(report, section)
+    header, body = _rows(report, section)
     title = f"{report['target']} ({report['kind']}) — {report['n']} items"
     if section == "test":
         title += f"; {report['split']}; rows on the test split"
@@ -133,7 +135,7 @@ def _finish(fig: Figure, ax: Axes, title: str, xlabel: str, ylabel: str) -> str:
     return _svg(fig)
 
 
-def plots(report: dict[str, Any]) -> dict[str, str]:
+def _plots(report: dict[str, Any]) -> dict[str, str]:
     """SVG plots: the cost–score frontier, score and escalation vs threshold, reliability diagram."""
     import matplotlib
 
@@ -148,7 +150,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     )
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, f in singles.items():
-        ax.scatter([f["cost_per_item"] * 1e6], [f["score"]], s=60, label=config_label(report, key), zorder=3)
+        ax.scatter([f["cost_per_item"] * 1e6], [f["score"]], s=60, label=_config_label(report, key), zorder=3)
     if cascades:
         ax.plot(
             [f["cost_per_item"] * 1e6 for _, f in cascades], [f["score"] for _, f in cascades], "o-", label="cascade"
@@ -195,7 +197,7 @@ def write_html(report: dict[str, Any], path: str | Path) -> Path:
     for section, caption in (("test", f"test split — {report.get('split', '')}"), ("all", "every item")):
         if section not in report:
             continue
-        header, body = rows(report, section)
+        header, body = _rows(report, section)
         parts.append(f"<h2>{html.escape(caption)}</h2><table><tr>")
         parts += [f"<th>{html.escape(h)}</th>" for h in header]
         parts.append("</tr>")
@@ -214,7 +216,7 @@ def write_html(report: dict[str, Any], path: str | Path) -> Path:
         )
         parts.append(f"<h2>headline</h2><ul>{items}</ul>")
     parts.append("<h2>plots</h2><div class='plots'>")
-    parts += list(plots(report).values())
+    parts += list(_plots(report).values())
     parts.append("</div>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+__all__ = ["Attempt", "Outcome", "Result", "Trace", "collect", "publish"]
+
 Outcome = Literal["accepted", "low_confidence", "invalid", "engine_error", "input_error"]
 
 

@@ -13,8 +13,10 @@ import numpy as np
 
 from agentkit.errors import ConfigError
 
+__all__ = ["ExampleIndex", "Retrieval", "cached_embeddings", "fuse"]
+
 Retrieval = Literal["bm25", "dense", "hybrid"]
-RRF_K = 60
+_RRF_K = 60
 """Reciprocal-rank-fusion constant (Cormack et al. 2009)."""
 
 
@@ -47,7 +49,7 @@ def fuse(rankings: Sequence[Sequence[int]], k: int) -> list[int]:
     scores: dict[int, float] = {}
     for ranking in rankings:
         for rank, i in enumerate(ranking):
-            scores[i] = scores.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
+            scores[i] = scores.get(i, 0.0) + 1.0 / (_RRF_K + rank + 1)
     return sorted(scores, key=lambda i: -scores[i])[:k]
 
 

@@ -21,7 +21,7 @@ from agentkit.errors import ConfigError
 from agentkit.result import collect
 from agentkit.stats import summarize
 
-SHIPPED = {"invoice": "workflows.invoice:graph", "email": "workflows.email:graph"}
+_SHIPPED = {"invoice": "workflows.invoice:graph", "email": "workflows.email:graph"}
 """Workflow names ``agentkit run`` knows; anything else is ``path/to/file.py:attribute``."""
 
 
@@ -36,10 +36,10 @@ class Item:
 
 def load_target(spec: str) -> Any:
     """A shipped workflow name, ``module.path:attr`` or ``path/to/file.py:attr`` (like langgraph.json)."""
-    spec = SHIPPED.get(spec, spec)
+    spec = _SHIPPED.get(spec, spec)
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
-        raise ConfigError(f"cannot load {spec!r}", hint=f"one of {sorted(SHIPPED)} or path/to/file.py:graph")
+        raise ConfigError(f"cannot load {spec!r}", hint=f"one of {sorted(_SHIPPED)} or path/to/file.py:graph")
     if where.endswith(".py"):
         file = Path(where)
         if not file.is_file():
@@ -103,10 +103,10 @@ def iter_inputs(specs: Sequence[str], stdin: TextIO | None = None) -> Iterator[I
         elif path.is_file():
             yield from _file_items(path)
         else:
-            yield Item(id=spec, value=InputErrorValue(f"no such file or folder: {spec}"), path=spec)
+            yield Item(id=spec, value=_InputErrorValue(f"no such file or folder: {spec}"), path=spec)
 
 
-class InputErrorValue(str):
+class _InputErrorValue(str):
     """An input that could not be read; its text is the reason (recorded as a failure)."""
 
 
@@ -120,17 +120,17 @@ def _file_items(path: Path) -> Iterator[Item]:
                 try:
                     rec = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    yield Item(item_id, InputErrorValue(f"line {n} is not JSON: {e}"), str(path))
+                    yield Item(item_id, _InputErrorValue(f"line {n} is not JSON: {e}"), str(path))
                     continue
                 if isinstance(rec, dict) and "input" in rec:
                     yield Item(str(rec.get("id", item_id)), rec["input"], str(path))
                 else:
-                    yield Item(item_id, InputErrorValue(f"line {n} has no 'input' field"), str(path))
+                    yield Item(item_id, _InputErrorValue(f"line {n} has no 'input' field"), str(path))
         return
     try:
         data = path.read_bytes()
     except OSError as e:
-        yield Item(str(path), InputErrorValue(f"cannot read {path}: {e}"), str(path))
+        yield Item(str(path), _InputErrorValue(f"cannot read {path}: {e}"), str(path))
         return
     yield Item(str(path), data, str(path))
 
@@ -163,7 +163,7 @@ def run_one(target: Any, item: Item, *, debug: bool = False) -> dict[str, Any]:
     """The JSON record for one input. Never raises for a bad input or a failing node."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {"id": item.id}
-    if isinstance(item.value, InputErrorValue):
+    if isinstance(item.value, _InputErrorValue):
         return record | {"ok": False, "reason": str(item.value), "cost_usd": 0.0, "latency_s": 0.0}
     try:
         with collect() as trace:
@@ -307,4 +307,14 @@ def run_batch(
     return summary
 
 
-__all__ = ["Item", "RunSummary", "completed_ids", "iter_inputs", "load_target", "run_batch", "run_one"]
+__all__ = [
+    "Item",
+    "RunSummary",
+    "completed_ids",
+    "iter_inputs",
+    "load_records",
+    "load_target",
+    "nodes_of",
+    "run_batch",
+    "run_one",
+]

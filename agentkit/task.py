@@ -18,6 +18,8 @@ from agentkit.engine import Engine, Usage
 from agentkit.errors import ConfigError, InputError
 from agentkit.policy import Policy
 
+__all__ = ["Answer", "Task"]
+
 
 @dataclass
 class Answer:

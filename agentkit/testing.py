@@ -25,6 +25,8 @@ from typing import Literal
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError
 
+__all__ = ["VLLM_ENV", "FakeEngine", "failing_engine", "free_port", "serving", "vllm_server_command"]
+
 
 @dataclass
 class FakeEngine:

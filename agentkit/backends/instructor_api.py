@@ -20,10 +20,12 @@ from agentkit.engine import Capabilities, Constraint, Generation, Message, Score
 from agentkit.errors import ConfigError
 from agentkit.validation import Validator, validate
 
+__all__ = ["InstructorEngine", "Mode"]
+
 Mode = Literal["json_schema", "json", "tools", "md_json"]
 
 
-def checked_model(
+def _checked_model(
     schema: type[pydantic.BaseModel], validators: Sequence[Validator], error_chars: int
 ) -> type[pydantic.BaseModel]:
     """``schema`` with the node's validators as a model validator (:func:`agentkit.validation.validate`;
@@ -115,7 +117,7 @@ class InstructorEngine:
     ) -> Structured:
         """The reply as ``schema``, checked by ``validators`` against ``text``, re-asked at most
         ``reasks`` times; or None and the problems of the last attempt."""
-        model_cls = checked_model(schema, validators, self.error_chars) if validators else schema
+        model_cls = _checked_model(schema, validators, self.error_chars) if validators else schema
         context: dict[str, Any] = {"text": text}
         self.calls = []
         hooks = {"completion:kwargs": lambda *a, **kw: self.calls.append(list(kw.get("messages", [])))}

@@ -11,6 +11,8 @@ import runpy
 
 from agentkit.backends.llamacpp import _avoid_extra_buffers, _model_params
 
+__all__ = ["main"]
+
 
 def main() -> None:
     # the server loads its models inside this block: it runs until the process ends

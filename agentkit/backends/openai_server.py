@@ -35,9 +35,11 @@ from typing import Any, Literal, TypeVar
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import ConfigError, EngineError, ModelUnavailableError
 
+__all__ = ["Flavor", "OpenAIServerEngine", "api_error"]
+
 Flavor = Literal["auto", "vllm", "llamacpp", "openai"]
 _T = TypeVar("_T")
-CANARY_OPTIONS = ["qv7zx", "kj3wp"]
+_CANARY_OPTIONS = ["qv7zx", "kj3wp"]
 """The only two replies the canary allows; asked for a different word, a model says neither
 unless the constraint is enforced."""
 
@@ -140,10 +142,10 @@ class OpenAIServerEngine:
 
     def check_constraint(self) -> None:
         """Send the canary: asked to reply ``hello``, a constrained model can only say one of
-        :data:`CANARY_OPTIONS`. Raises :class:`ConfigError` if the server ignored the constraint."""
+        :data:`_CANARY_OPTIONS`. Raises :class:`ConfigError` if the server ignored the constraint."""
         messages = [{"role": "user", "content": "Reply with exactly the word: hello"}]
-        gen = self._generate(messages, Constraint.choice(CANARY_OPTIONS), max_tokens=8)
-        if gen.text.strip() not in CANARY_OPTIONS:
+        gen = self._generate(messages, Constraint.choice(_CANARY_OPTIONS), max_tokens=8)
+        if gen.text.strip() not in _CANARY_OPTIONS:
             raise ConfigError(
                 f"{self.name} ignored the output constraint (flavor {self._flavor!r}):"
                 f" the canary got {gen.text[:40]!r}",
@@ -231,10 +233,10 @@ class OpenAIServerEngine:
         """Tokens that close an assistant reply in the served chat template (``None``: not found)."""
         user = [{"role": "user", "content": "x"}]
         prompt = self._tokens({"messages": user, "add_generation_prompt": True})
-        reply = self._text_tokens(CANARY_OPTIONS[0])
+        reply = self._text_tokens(_CANARY_OPTIONS[0])
         full = self._post(
             "/tokenize",
-            {"messages": [*user, {"role": "assistant", "content": CANARY_OPTIONS[0]}], "add_generation_prompt": False,
+            {"messages": [*user, {"role": "assistant", "content": _CANARY_OPTIONS[0]}], "add_generation_prompt": False,
              "add_special_tokens": False, "return_token_strs": True},
         )  # fmt: skip
         tokens, strs = full["tokens"], full.get("token_strs") or []

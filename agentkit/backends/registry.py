@@ -49,7 +49,7 @@ def close_engines(keep: Callable[[str], bool] = lambda key: False) -> int:
 def engine_for(spec: TierSpec) -> Engine:
     """The shared engine for ``spec`` (nothing is loaded until the engine is first used)."""
     if spec.kind in ("rules", "knn"):
-        return RulesOnly(spec.kind)
+        return _RulesOnly(spec.kind)
     if spec.kind == "embedded":
         from agentkit.embedded import EMBEDDED
 
@@ -81,7 +81,7 @@ def _llamacpp(spec: TierSpec, where: str) -> Engine:
         if spec.kind == "embedded":
             from agentkit.embedded import model_path
 
-            return Lazy(
+            return _Lazy(
                 name,
                 Capabilities(context=context),
                 lambda: LlamaCppEngine(model_path(name), name=name, lora_path=adapter, n_ctx=context),
@@ -128,7 +128,7 @@ def _hf(spec: TierSpec) -> Engine:
     def make() -> Engine:
         from agentkit.backends.transformers_hf import TransformersEngine
 
-        return Lazy(
+        return _Lazy(
             f"hf:{spec.target}" + (f"+{Path(adapter).name}" if adapter else ""),
             Capabilities(context=context),
             lambda: TransformersEngine(
@@ -150,7 +150,7 @@ def _vllm_offline(spec: TierSpec) -> Engine:
     def make() -> Engine:
         from agentkit.backends.vllm_offline import VLLMOfflineEngine
 
-        return Lazy(
+        return _Lazy(
             f"vllm-offline:{spec.target}",
             Capabilities(context=context, scoring=scoring),
             lambda: VLLMOfflineEngine(
@@ -185,7 +185,7 @@ def _server(spec: TierSpec) -> Engine:
     )
 
 
-class RulesOnly:
+class _RulesOnly:
     """A tier with no model at all: ``rules`` (Cleanse runs its deterministic rules only) or
     ``knn`` (Classify votes among the nearest labelled examples). Costs only its CPU time."""
 
@@ -214,7 +214,7 @@ class RulesOnly:
         raise ConfigError(f"the {self.name!r} tier has no model", hint="give this node a model tier")
 
 
-class Lazy:
+class _Lazy:
     """An engine made on first use, not when a graph is built (an embedded GGUF is assembled then)."""
 
     def __init__(self, name: str, capabilities: Capabilities, factory: Callable[[], Engine]) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
+__all__ = ["EXACT_WITHIN", "SpanProcessor", "TokenEngine", "word_boundaries"]
+
 _CONSTRAINTS = 64
 """Compiled constraints kept per engine (a node's fixed constraint stays; per-input ones rotate)."""
 EXACT_WITHIN = 3.0
@@ -33,7 +35,7 @@ EXACT_WITHIN = 3.0
 that the model would not finish a continuation it has started, ~0)."""
 
 
-def lcp(a: list[int], b: list[int]) -> int:
+def _lcp(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     i = 0
@@ -42,7 +44,7 @@ def lcp(a: list[int], b: list[int]) -> int:
     return i
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
+def _log_softmax(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     z = x - m
     out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
@@ -185,7 +187,7 @@ class TokenEngine:
         if not self.prefix_cache:
             self._truncate(0)
             prefix_len = 0
-        common = lcp(self._tokens, everything)
+        common = _lcp(self._tokens, everything)
         if 0 < prefix_len < len(tokens) and common < prefix_len:
             key = tuple(tokens[:prefix_len])
             if self._restore_prefix(key):
@@ -354,7 +356,7 @@ class TokenEngine:
             search = _PrefixSearch(self, len(tokens), encoded, choice=choice)
             guess = search.wanted(encoded[0]) if encoded else []  # decoded with the prompt, in the same call
             logits, reused = self._feed(tokens, prefix_len, guess)
-            search.seed(log_softmax(logits), guess)
+            search.seed(_log_softmax(logits), guess)
             totals = search.exact(encoded) if margin is None else search.best_first(encoded, margin)
             self._truncate(len(tokens))
             usage = Usage(
@@ -415,9 +417,9 @@ class _PrefixSearch:
         if row is not None:
             return row
         engine = self.engine
-        keep = min(lcp(engine._tokens[self.base :], list(path)), len(path) - 1)
+        keep = min(_lcp(engine._tokens[self.base :], list(path)), len(path) - 1)
         engine._truncate(self.base + keep)
-        out = log_softmax(engine._extend(list(path[keep:]), rows=len(path) - keep))
+        out = _log_softmax(engine._extend(list(path[keep:]), rows=len(path) - keep))
         for j in range(keep, len(path)):
             self.rows[path[: j + 1]] = out[j - keep]
         self.decoded += len(path) - keep

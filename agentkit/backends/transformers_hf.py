@@ -21,6 +21,8 @@ from agentkit.backends.tokens import TokenEngine
 from agentkit.engine import Capabilities, Message
 from agentkit.errors import EngineError, ModelUnavailableError
 
+__all__ = ["TransformersEngine", "dequantized"]
+
 
 class TransformersEngine(TokenEngine):
     """A model folder (``config.json`` + safetensors) or a GGUF file (dequantized on load), plus an

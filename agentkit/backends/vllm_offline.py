@@ -26,7 +26,9 @@ from typing import Any
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
-MAX_BATCH = 64
+__all__ = ["VLLMOfflineEngine"]
+
+_MAX_BATCH = 64
 """Requests gathered into one ``LLM.generate`` call at most."""
 
 
@@ -131,7 +133,7 @@ class VLLMOfflineEngine:
             if first is None:  # close()
                 return
             batch = [first]
-            while len(batch) < MAX_BATCH:
+            while len(batch) < _MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -198,7 +200,7 @@ class VLLMOfflineEngine:
                 f"prompt of {len(ids)} tokens + {max_tokens} to generate exceeds the context of {self._context}"
             )
         params = SamplingParams(
-            temperature=0.0, max_tokens=max_tokens, logprobs=1, structured_outputs=structured_outputs(constraint)
+            temperature=0.0, max_tokens=max_tokens, logprobs=1, structured_outputs=_structured_outputs(constraint)
         )
         (out,) = self._run([TokensPrompt(prompt_token_ids=ids)], [params])
         seq = out.outputs[0]
@@ -268,7 +270,7 @@ class VLLMOfflineEngine:
         return Scores(logprobs=totals, usage=usage)
 
 
-def structured_outputs(constraint: Constraint) -> Any:
+def _structured_outputs(constraint: Constraint) -> Any:
     """vLLM's ``StructuredOutputsParams`` for ``constraint`` (``None`` for free text)."""
     from vllm.sampling_params import StructuredOutputsParams
 

@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentkit.errors import AgentkitError
 
+__all__ = ["error_console", "exit_on_error", "load", "progress_bar"]
+
 
 def error_console() -> Console:
     """Where progress, tables and messages go (stderr: stdout stays for the JSON records)."""

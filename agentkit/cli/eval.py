@@ -8,6 +8,8 @@ import typer
 
 from agentkit.cli._common import error_console, exit_on_error, load, progress_bar
 
+__all__ = ["evaluate"]
+
 
 def evaluate(
     target: Annotated[str, typer.Argument(help="node or workflow: name or path/to/file.py:attribute")],

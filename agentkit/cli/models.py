@@ -7,6 +7,8 @@ from rich.table import Table
 from agentkit import embedded
 from agentkit.errors import AgentkitError
 
+__all__ = ["models"]
+
 
 def models(
     assemble: bool = typer.Option(False, "--assemble", help="assemble and verify every embedded model"),

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from agentkit.cli._common import error_console, load, progress_bar
 
+__all__ = ["run"]
+
 
 def run(
     target: Annotated[str, typer.Argument(help="workflow (invoice, email) or path/to/file.py:graph_or_node")],

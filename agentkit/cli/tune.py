@@ -8,6 +8,8 @@ import typer
 
 from agentkit.cli._common import error_console, exit_on_error, load, progress_bar
 
+__all__ = ["tune"]
+
 
 def tune(
     target: Annotated[str, typer.Argument(help="the node: path/to/file.py:attribute (a graph needs --node)")],

@@ -14,6 +14,8 @@ from agentkit.node import Node
 from agentkit.task import Task
 from agentkit.tier import Tier
 
+__all__ = ["TierAnswer", "answer_all", "answer_mark", "answer_one", "item_id", "iter_answers"]
+
 
 @dataclass
 class TierAnswer:

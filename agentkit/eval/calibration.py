@@ -7,6 +7,8 @@ from typing import Any
 
 from agentkit.errors import ConfigError
 
+__all__ = ["calibrate", "headline"]
+
 
 def calibrate(
     points: Mapping[str, Mapping[str, Any]],

@@ -12,6 +12,8 @@ from agentkit.eval.answers import TierAnswer
 from agentkit.policy import Decision, Policy, Rung
 from agentkit.stats import percentile, wilson
 
+__all__ = ["THRESHOLDS", "CascadeOutcome", "cascade", "configurations", "figures"]
+
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 """The default threshold sweep."""
 

@@ -23,6 +23,8 @@ from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, configurations, f
 from agentkit.node import Node
 from agentkit.task import Task
 
+__all__ = ["evaluate_node", "evaluate_workflow"]
+
 
 def _pool_texts(task: Task) -> set[str]:
     index = getattr(task, "index", None)

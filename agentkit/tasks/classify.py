@@ -13,6 +13,8 @@ from agentkit.errors import ConfigError
 from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
 
+__all__ = ["Classify"]
+
 
 class Classify(Task):
     """Choose one of ``labels`` for a text.

@@ -17,6 +17,17 @@ from agentkit.data import parse_amount, parse_date
 from agentkit.engine import Constraint, Engine, Usage
 from agentkit.task import Answer, Task
 
+__all__ = [
+    "DEFAULT_RULES",
+    "Cleanse",
+    "Rule",
+    "clean_whitespace",
+    "currency_code",
+    "currency_codes",
+    "decimal_amount",
+    "iso_date",
+]
+
 # ---- exact rules -------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\ufeff]")

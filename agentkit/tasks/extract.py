@@ -16,11 +16,13 @@ from agentkit.retrieval import ExampleIndex, Retrieval
 from agentkit.task import Answer, Task
 from agentkit.validation import Drop, Validator, dropped_details, nullable, validate
 
+__all__ = ["CandidateFinder", "Extract", "field_spans", "low_quantile"]
+
 CandidateFinder = Callable[[str], list[str]]
 """``source_text -> candidate values`` for a verbatim field."""
 
 
-RUNAWAY_WHITESPACE = re.compile(r"\n[ \t]*\n|[ \t]{17,}")
+_RUNAWAY_WHITESPACE = re.compile(r"\n[ \t]*\n|[ \t]{17,}")
 """A blank line or a long run of spaces: a model padding its JSON (where the constraint allows any
 whitespace) rather than writing it; pretty-printed JSON has neither."""
 
@@ -59,7 +61,7 @@ def low_quantile(probs: list[float], quantile: float) -> float:
     return ranked[min(len(ranked) - 1, int(quantile * len(ranked)))]
 
 
-def field_confidence(gen: Generation, quantile: float = 0.1) -> dict[str, float]:
+def _field_confidence(gen: Generation, quantile: float = 0.1) -> dict[str, float]:
     """Per field: a low quantile of its value tokens' probabilities (under the constraint)."""
     if not gen.token_probs or not gen.offsets:
         return {}
@@ -205,13 +207,13 @@ class Extract(Task):
         problems: list[str] = []
         if gen.finish_reason == "length":
             problems.append(f"output cut at the token limit ({self.max_tokens})")
-        if RUNAWAY_WHITESPACE.search(gen.text):  # indented JSON is fine; blank lines or long runs are not
+        if _RUNAWAY_WHITESPACE.search(gen.text):  # indented JSON is fine; blank lines or long runs are not
             problems.append("runaway whitespace in output")
         model, parse_problems, dropped = self.parse(gen.text, text)
         problems += parse_problems
         if model is not None:  # the constraint may have been dropped by the engine: check, never trust
             problems += self._off_candidates(model, choices)
-        fields = field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
+        fields = _field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
         # a dropped field's doubt is settled, and so is a required field with one candidate: the text
         # decided it, and its tokens' probabilities only say how the model would have spelled it
         settled = {f for d in dropped for f in d.fields}

@@ -21,7 +21,7 @@ from agentkit.tune.training import TuneConfig
 
 __all__ = ["NodeTuning", "base_model", "bind", "comparison", "node_tuning", "tunable_tier", "tuned_tier"]
 
-READER_MAX_LEN = 768
+_READER_MAX_LEN = 768
 """Prompt + reply tokens per example for a reader: its prompt holds a passage."""
 
 
@@ -57,7 +57,7 @@ def node_tuning(node: Node, **knobs: Any) -> NodeTuning:
     base = base_model(node.tiers[index].spec)
     reader = isinstance(node.task, GroundedAnswer)
     settings = {} if reader else {key: v for key, v in knobs.items() if hasattr(node.task, key)}
-    max_len = READER_MAX_LEN if reader else TuneConfig().max_len
+    max_len = _READER_MAX_LEN if reader else TuneConfig().max_len
     return NodeTuning(node, index, base, node.task.variant(**settings), settings, max_len)
 
 
