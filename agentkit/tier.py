@@ -47,7 +47,7 @@ class Tier:
     engine: Engine | None = field(default=None, repr=False, compare=False)
     """Pass an engine directly (e.g. a fake in tests); otherwise built from ``spec``."""
     task: dict[str, Any] = field(default_factory=dict)
-    """Task settings for this tier only (:data:`~agentkit.task.TASK_KNOBS`), e.g. ``{"k": 0}``: a
+    """Task settings for this tier only (:attr:`~agentkit.task.Task.knobs`), e.g. ``{"k": 0}``: a
     tuned model needs no retrieved examples while the stock tiers above it keep theirs."""
 
     def __post_init__(self) -> None:

@@ -59,7 +59,7 @@ def print_step(step: int, total: int, loss: float) -> None:
 def evaluate(node: Any, records: list[dict], args: argparse.Namespace, **kw: Any) -> dict[str, Any]:
     """``agentkit eval``'s computation on ``node`` (one way to get every number), printed like it."""
     from agentkit.eval import evaluate_node
-    from agentkit.report import print_report, write_html, write_json
+    from agentkit.eval.report import print_report, write_html, write_json
 
     progress = Progress(len(records), args.data.parent.name)
     kw.setdefault("cache", args.save)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from agentkit import Classify, ConfigError, Node, Policy, Tier, metrics
+from agentkit import Classify, ConfigError, Node, Policy, Tier
 from agentkit.eval import (
     TierAnswer,
     answer_all,
@@ -21,8 +21,9 @@ from agentkit.eval import (
     figures,
     headline,
     iter_answers,
+    metrics,
 )
-from agentkit.metrics import grounded_scores, squad_f1
+from agentkit.eval.metrics import grounded_scores, squad_f1
 from agentkit.stats import percentile, wilson
 from agentkit.testing import FakeEngine
 
@@ -248,7 +249,7 @@ def test_records_in_the_example_pool_are_left_out():
 
 
 def test_report_files(tmp_path):
-    from agentkit.report import write_html, write_json
+    from agentkit.eval.report import write_html, write_json
 
     node = Node(Classify(["a", "b"]), [fake("small", "a", 0.7), fake("large", "a", 0.9)], name="toy")
     records = [{"input": f"text {i}", "expected": "a" if i % 3 else "b"} for i in range(12)]

@@ -37,8 +37,8 @@ def evaluate(
     """Small-only vs large-only vs the cascade at a threshold sweep; a calibrated threshold."""
     from agentkit import config as node_config
     from agentkit.eval import THRESHOLDS, evaluate_node, evaluate_workflow
+    from agentkit.eval.report import print_report, write_html, write_json
     from agentkit.node import Node
-    from agentkit.report import print_report, write_html, write_json
     from agentkit.runner import load_records
 
     err = error_console()

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agentkit import metrics
 from agentkit.data import normalize_text, split_of
+from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
 from agentkit.eval.calibration import calibrate, headline
 from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, configurations, figures
@@ -51,7 +51,7 @@ def evaluate_node(
     Records whose input is in the node's example pool are left out (counted). The rest are split
     (by :func:`~agentkit.data.split_of`, duplicates together) into a calibration part, where the
     threshold is chosen (:func:`calibrate`), and a test part, where it is reported. ``kinds`` and
-    ``fields`` are passed to :func:`agentkit.metrics.extraction`. ``on_item(done, total)`` reports
+    ``fields`` are passed to :func:`agentkit.eval.metrics.extraction`. ``on_item(done, total)`` reports
     progress. ``ladders`` adds sub-ladder cascades (see :func:`configurations`). Ctrl-C stops
     answering and reports on the items answered so far."""
     kind = node.task.kind
