@@ -127,8 +127,14 @@ class Node:
             return self._input_failure(e, value, input_id)
         result = Result(node=self.name, ok=False, input_id=input_id, config_hash=self.config_hash(), input_text=text)
         rungs: list[Rung] = []
+        deadline = self.policy.deadline_s
+        until = time.perf_counter() + deadline if deadline is not None else None
         for tier in self.tiers:
-            attempt = self.attempt(tier, text)
+            if until is not None and time.perf_counter() >= until:
+                reason = f"the input's deadline of {deadline:g} s passed before this tier was asked"
+                attempt = Attempt(tier=tier.name, outcome="engine_error", reason=reason)
+            else:
+                attempt = self.attempt(tier, text, until=until)
             result.attempts.append(attempt)
             rungs.append(self.rung(attempt))
             decision = self.policy.decide(rungs, tiers=len(self.tiers))
@@ -184,17 +190,33 @@ class Node:
             raise TaskFailed(result)
         return result
 
-    def attempt(self, tier: Tier, text: str) -> Attempt:
-        """Ask ``tier`` once (transient errors retried): its answer, validated, or the error it met."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+    def attempt(self, tier: Tier, text: str, *, until: float | None = None) -> Attempt:
+        """Ask ``tier`` once: its answer, validated, or the error it met. Transient errors are retried
+        (jittered exponential back-off, at least a server's ``Retry-After``), never past ``until``
+        (a :func:`time.perf_counter` time)."""
+        from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
         assert tier.engine is not None
         engine = tier.engine
         started = time.perf_counter()
+        backoff = wait_random_exponential(multiplier=self.policy.retry_wait_s, max=8)
+
+        def stop(state: RetryCallState) -> bool:
+            out_of_time = until is not None and time.perf_counter() >= until
+            return out_of_time or state.attempt_number >= self.policy.retries + 1
+
+        def wait(state: RetryCallState) -> float:
+            pause = backoff(state)
+            error = state.outcome.exception() if state.outcome is not None else None
+            after = getattr(error, "retry_after_s", None)
+            if after:
+                pause = max(pause, float(after))
+            return min(pause, max(0.0, until - time.perf_counter())) if until is not None else pause
+
         retrying = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, AgentkitError) and e.retryable),
-            stop=stop_after_attempt(self.policy.retries + 1),
-            wait=wait_random_exponential(multiplier=self.policy.retry_wait_s, max=8),
+            stop=stop,
+            wait=wait,
             reraise=True,
         )
         details: dict[str, Any] = {"tier": tier.provenance} if tier.provenance else {}

@@ -72,12 +72,18 @@ class Policy:
     ``"raise"``: :class:`~agentkit.errors.TaskFailed` is raised (it carries the result)."""
     too_long: Literal["fail", "truncate"] = "fail"
     """Input longer than the tier's context: fail clearly, or truncate it (recorded in the trace)."""
+    deadline_s: float | None = None
+    """Seconds one input may take over all its tiers and retries: once they are spent no tier is retried
+    or asked, and the input ends as the policy decides on what it has (a call in flight runs to its
+    engine's own timeout). ``None``: no deadline."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ConfigError(f"deadline_s must be > 0 seconds, got {self.deadline_s}")
         for name, allowed in (
             ("when_unsure", ("best", "fail", "abstain")),
             ("on_failure", ("return", "raise")),

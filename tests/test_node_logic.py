@@ -489,3 +489,27 @@ def test_a_variant_is_built_anew_so_its_joint_citations_follow_its_k():
     schema = json.loads(engine.constraints[-1].spec)
     assert schema["properties"]["citations"]["items"]["enum"] == [1, 2, 3, 4, 5]
     assert not answer.problems and answer.value["citations"] == [answer.value["retrieved"][4]]
+
+
+def test_an_inputs_deadline_stops_retries_and_the_tiers_after_it():
+    """``Policy(deadline_s=...)``: a tier that keeps failing transiently is not retried past the input's
+    deadline, and the tiers above it are not asked once it has passed — the input still ends as a record."""
+    down = FakeEngine(replies=[EngineError("fake: server busy", retryable=True)])  # fails every time
+    large = FakeEngine(replies=["b"])
+    tiers = [Tier(spec="down", name="down", engine=down), Tier(spec="large", name="large", engine=large)]
+    policy = Policy(retries=1000, retry_wait_s=0.02, deadline_s=0.3)
+    result = Node(Classify(["a", "b"]), tiers, policy).run("some text")
+    assert not result.ok and 1 < len(down.calls) < 1000 and not large.calls
+    assert "deadline of 0.3 s passed" in result.attempts[1].reason
+
+
+def test_a_servers_retry_after_is_waited_for():
+    """An engine error that carries the server's ``Retry-After`` is retried no sooner than that."""
+    import time
+
+    busy = EngineError("fake: 429 too many requests", retryable=True)
+    busy.retry_after_s = 0.25  # what a server's Retry-After header says
+    engine = FakeEngine(replies=[busy, "a"])
+    started = time.perf_counter()
+    result = Node(Classify(["a", "b"]), [Tier(spec="x", name="x", engine=engine)], Policy(retry_wait_s=0.001)).run("t")
+    assert result.ok and len(engine.calls) == 2 and time.perf_counter() - started >= 0.25
