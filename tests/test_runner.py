@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentkit.runner import Item, completed_ids, iter_inputs, load_target, run_batch
+from agentkit.runner import Checkpoint, Item, iter_inputs, load_target, run_batch
 
 WORKFLOW = """
 import time
@@ -122,9 +122,11 @@ def test_a_record_says_why_a_node_escalated(tmp_path):
 
 def test_a_torn_last_line_is_dropped_and_redone(tmp_path):
     out = tmp_path / "o.jsonl"
-    out.write_text('{"id": "a", "ok": true}\n{"id": "b", "o')
-    assert completed_ids(out) == {"a"}
-    assert out.read_text() == '{"id": "a", "ok": true}\n'
+    whole = '{"key": "k1", "id": "a", "ok": true, "target": "t", "config_hash": "h"}\n'
+    out.write_text(whole + '{"key": "k2", "id": "b", "o')
+    with Checkpoint(out, "t", "h") as checkpoint:
+        assert checkpoint.last == {"k1": True}
+    assert out.read_text() == whole
 
 
 def test_sigkill_mid_batch_then_resume_loses_nothing_and_repeats_nothing(workflow, inputs, tmp_path):

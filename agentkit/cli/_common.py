@@ -1,5 +1,5 @@
 """What the commands share: the console for messages, the progress bar, loading a target with its
-node settings, and the one mapping of library errors to a red message and exit status 2."""
+node settings, and the one mapping of library errors to a red one-line message and exit status 2."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +11,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentkit.errors import AgentkitError
 
-__all__ = ["error_console", "exit_on_error", "load", "progress_bar"]
+__all__ = ["error_console", "exit_on_error", "load", "progress_bar", "say"]
 
 
 def error_console() -> Console:
     """Where progress, tables and messages go (stderr: stdout stays for the JSON records)."""
     return Console(stderr=True, soft_wrap=True)
+
+
+def say(console: Console, message: str, *, style: str | None = None) -> None:
+    """One message as it is: no markup read into it (a file name may hold brackets), and text that
+    is not UTF-8 (a lone surrogate from a file name) escaped."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    console.print(text, style=style, markup=False, highlight=False)
 
 
 def progress_bar(console: Console) -> Progress:
@@ -26,12 +33,15 @@ def progress_bar(console: Console) -> Progress:
 
 
 @contextmanager
-def exit_on_error(err: Console) -> Iterator[None]:
-    """A library error (or a bad option value) as a red message and exit status 2, no stack trace."""
+def exit_on_error(err: Console, *, debug: bool = False) -> Iterator[None]:
+    """A library error (or a bad option value) as a red message and exit status 2, no stack trace
+    (``debug``: raised as it is)."""
     try:
         yield
     except (AgentkitError, ValueError) as e:
-        err.print(f"[red]{e}[/red]")
+        if debug:
+            raise
+        say(err, " ".join(str(e).split()), style="red")
         raise typer.Exit(2) from None
 
 
@@ -40,14 +50,11 @@ def load(target: str, config: Path | None, err: Console) -> object:
     from agentkit import config as node_config
     from agentkit.runner import load_target, nodes_of
 
-    try:
+    with exit_on_error(err):
         loaded = load_target(target)
         path = config or (Path("agentkit.toml") if Path("agentkit.toml").is_file() else None)
         if path is not None:
             configured = node_config.apply(path, nodes_of(loaded))
             if configured:
-                err.print(f"settings from {path} applied to: {', '.join(configured)}")
-    except AgentkitError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
+                say(err, f"settings from {path} applied to: {', '.join(configured)}")
     return loaded

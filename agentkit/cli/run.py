@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agentkit.cli._common import error_console, load, progress_bar
+from agentkit.cli._common import error_console, exit_on_error, load, progress_bar, say
 
 __all__ = ["run"]
 
@@ -15,20 +15,29 @@ def run(
     target: Annotated[str, typer.Argument(help="workflow (invoice, email) or path/to/file.py:graph_or_node")],
     inputs: Annotated[list[str], typer.Argument(help="files, folders, JSONL files, or - for stdin")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL output; resumed if it exists")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="run again the inputs whose last record in --out failed")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="raise errors with their stack trace")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="node settings (default ./agentkit.toml)")] = None,
 ) -> None:
     """Run a workflow or node over inputs: one JSON line per input, then a summary."""
-    from agentkit.runner import completed_ids, iter_inputs, run_batch
+    from agentkit.runner import iter_inputs, run_batch
 
     err = error_console()
     graph = load(target, config, err)
     items = list(iter_inputs(inputs))
-    done = completed_ids(out) if out is not None else set()
-    todo = sum(item.id not in done for item in items)
-    with progress_bar(err) as progress:
-        bar = progress.add_task(target, total=todo)
-        summary = run_batch(graph, items, out, on_record=lambda r: progress.advance(bar), debug=debug)
+    with exit_on_error(err, debug=debug), progress_bar(err) as progress:
+        bar = progress.add_task(target, total=None)
+        summary = run_batch(
+            graph,
+            items,
+            out,
+            on_plan=lambda n: progress.update(bar, total=n),
+            on_record=lambda r: progress.advance(bar),
+            retry_failed=retry_failed,
+            debug=debug,
+        )
     figures = summary.figures()
     table = Table("items", "ok", "failed", "escalated", "cost", "per item", "p50", "p95", title="agentkit run")
     table.add_row(
@@ -43,9 +52,19 @@ def run(
     )
     err.print(table)
     if summary.skipped:
-        err.print(f"resumed: {summary.skipped} inputs were already in {out}")
+        say(err, f"resumed: {summary.skipped} inputs were already in {out}")
+    if summary.kept_failures:
+        say(err, f"kept {summary.kept_failures} earlier failures as they were (--retry-failed runs them again)")
+    if summary.retried:
+        say(err, f"retried {summary.retried} inputs whose last record had failed")
+    if summary.repeated_ids:
+        shown = ", ".join(summary.repeated_ids[:3]) + (", ..." if len(summary.repeated_ids) > 3 else "")
+        say(
+            err,
+            f"{len(summary.repeated_ids)} ids are shared by several inputs ({shown}): each input has its own record",
+        )
     if summary.interrupted:
-        err.print("[yellow]interrupted: finished inputs are kept; run again with the same --out to go on[/yellow]")
+        say(err, "interrupted: finished inputs are kept; run again with the same --out to go on", style="yellow")
         raise typer.Exit(130)
-    if figures["failed"]:
+    if figures["failed"] or summary.kept_failures:
         raise typer.Exit(1)
