@@ -37,11 +37,15 @@ class ModelUnavailableError(AgentkitError):
 
 
 class EngineError(AgentkitError):
-    """An engine failed while serving a request. ``retryable`` says whether trying again may help."""
+    """An engine failed while serving a request. ``retryable`` says whether trying again may help;
+    ``retry_after_s`` is how long the server asked to be left alone first (its ``Retry-After``), if it said."""
 
-    def __init__(self, message: str, *, retryable: bool = False, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = False, hint: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class TaskFailed(AgentkitError):

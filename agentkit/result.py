@@ -1,7 +1,14 @@
-"""Result and Trace: what a node did with one input, every attempt accounted for."""
+"""Result and Trace: what a node did with one input, every attempt accounted for.
+
+A trace file keeps each input's text unless told not to (``Trace(path, keep_input=False)``,
+``collect(path, keep_input=False)``, ``Node(..., trace=Trace(path, keep_input=False))``): for inputs
+holding personal data, each record then has the text's sha256 and length (``input_sha256``,
+``input_chars``) instead, enough to match a record to its input without keeping the input.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -69,19 +76,32 @@ class Result:
     def tokens(self) -> int:
         return sum(a.prompt_tokens + a.completion_tokens for a in self.attempts)
 
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-able dict: the line written to a trace file."""
+    def to_record(self, *, keep_input: bool = True) -> dict[str, Any]:
+        """A JSON-able dict: the line written to a trace file. ``keep_input=False``: the input's sha256
+        and length (``input_sha256``, ``input_chars``) in place of its text (``input_text``)."""
         rec = asdict(self)
         rec.update(escalated=self.escalated, cost_usd=self.cost_usd, latency_s=self.latency_s)
+        if not keep_input:
+            text = rec.pop("input_text")
+            rec["input_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            rec["input_chars"] = len(text)
         return rec
 
 
 class Trace:
     """Collects results (thread-safe) and optionally appends each to a JSONL file."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, keep_input: bool = True) -> None:
+        """
+        Args:
+            path: a JSONL file each result is appended to (``None``: kept in :attr:`results` only).
+            keep_input: write each input's text to the file; ``False`` writes its sha256 and length
+                instead (:meth:`Result.to_record`), for inputs that hold personal data. :attr:`results`
+                are the results themselves, as the node returned them.
+        """
         self.results: list[Result] = []
         self.path = Path(path) if path is not None else None
+        self.keep_input = keep_input
         self._lock = threading.Lock()
 
     def add(self, result: Result) -> None:
@@ -89,8 +109,9 @@ class Trace:
             self.results.append(result)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                record = result.to_record(keep_input=self.keep_input)
                 with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(result.to_record(), default=str, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
 
     def summary(self, node: str | None = None) -> dict[str, Any]:
         """Counts, escalation rate, cost and latency over the collected results (of one node, if given):
@@ -110,10 +131,10 @@ _active: ContextVar[tuple[Trace, ...]] = ContextVar("agentkit_traces", default=(
 
 
 @contextmanager
-def collect(path: str | Path | None = None) -> Iterator[Trace]:
+def collect(path: str | Path | None = None, *, keep_input: bool = True) -> Iterator[Trace]:
     """Collect every result produced inside the block (any node, any thread LangGraph starts
-    from it) without adding keys to the host graph's state."""
-    trace = Trace(path)
+    from it) without adding keys to the host graph's state; ``path`` and ``keep_input`` as for :class:`Trace`."""
+    trace = Trace(path, keep_input=keep_input)
     token = _active.set((*_active.get(), trace))
     try:
         yield trace

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentkit.backends.registry import close_engines, engine_for, shared_engine
-from agentkit.backends.spec import TierSpec
+from agentkit.backends.spec import TierSpec, redact
 from agentkit.engine import Capabilities, Engine, Usage
 from agentkit.errors import ConfigError
 
@@ -43,7 +43,8 @@ class Tier:
     usd_per_mtok_in: float = 0.0
     usd_per_mtok_out: float = 0.0
     name: str = ""
-    """Short label used in traces (defaults to the spec)."""
+    """Short label used in traces (defaults to the spec, with any credentials in it shown as ``***``:
+    :meth:`~agentkit.backends.spec.TierSpec.redacted`)."""
     engine: Engine | None = field(default=None, repr=False, compare=False)
     """Pass an engine directly (e.g. a fake in tests); otherwise built from ``spec``."""
     task: dict[str, Any] = field(default_factory=dict)
@@ -55,13 +56,29 @@ class Tier:
             object.__setattr__(self, "spec", str(self.parsed))
             object.__setattr__(self, "engine", engine_for(self.parsed))
         if not self.name:
-            object.__setattr__(self, "name", self.spec)
+            object.__setattr__(self, "name", self.shown_spec)
         object.__setattr__(self, "task", dict(self.task))
 
     @functools.cached_property
     def parsed(self) -> TierSpec:
         """The spec as a typed value (parsed once)."""
         return TierSpec.parse(self.spec)
+
+    @property
+    def shown_spec(self) -> str:
+        """The spec as text to show or record: credentials replaced by ``***``."""
+        try:
+            return self.parsed.redacted()
+        except ConfigError:  # a tier around a given engine, named freely
+            return redact(self.spec)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            [f"spec={self.shown_spec!r}"]
+            + [f"{k}={getattr(self, k)!r}" for k in ("usd_per_hour", "usd_per_mtok_in", "usd_per_mtok_out", "name")]
+            + ([f"task={self.task!r}"] if self.task else [])
+        )
+        return f"Tier({shown})"
 
     @functools.cached_property
     def provenance(self) -> dict[str, Any]:

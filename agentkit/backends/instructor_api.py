@@ -3,7 +3,8 @@
 by the node's own validators; a reply that fails is re-asked with the error, a bounded number of
 times and with the error text cut to ``error_chars`` (re-asks must not grow the context without
 limit). Confidence is not available (``None``): such a tier is accepted on validation alone, which
-the policy allows only at the last rung.
+the policy allows only at the last rung. The usage of every try (re-asks included) is counted, whether
+or not a reply validated; errors never show the key (:func:`~agentkit.backends.openai_server.api_error`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Literal
 
 import pydantic
 
-from agentkit.backends.openai_server import api_error
+from agentkit.backends.openai_server import api_error, url_secrets
+from agentkit.backends.spec import redact
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Structured, Usage
 from agentkit.errors import ConfigError
 from agentkit.validation import Validator, validate
@@ -86,6 +88,7 @@ class InstructorEngine:
             raise ConfigError(f"no API key: set {api_key_env}", hint="or point base_url at a local server")
         self._openai = openai
         self._instructor = instructor
+        self._secrets = (*url_secrets(base_url or ""), *([key] if key else []))
         modes = {"json_schema": instructor.Mode.JSON_SCHEMA, "json": instructor.Mode.JSON,
                  "tools": instructor.Mode.TOOLS, "md_json": instructor.Mode.MD_JSON}  # fmt: skip
         if mode not in modes:
@@ -95,8 +98,8 @@ class InstructorEngine:
         self.model = model
         self.reasks = reasks
         self.error_chars = error_chars
-        self.name = f"api:{model}"
         self.base_url = base_url or "https://api.openai.com/v1"
+        self.name = f"api:{model}"
         self.capabilities = Capabilities(
             constrained=True, token_probs=False, scoring=False, context=context, structured=True
         )
@@ -120,7 +123,22 @@ class InstructorEngine:
         model_cls = _checked_model(schema, validators, self.error_chars) if validators else schema
         context: dict[str, Any] = {"text": text}
         self.calls = []
-        hooks = {"completion:kwargs": lambda *a, **kw: self.calls.append(list(kw.get("messages", [])))}
+        tokens = [0, 0, 0]  # prompt, cached, completion: summed over every try, re-asks included
+
+        def count(response: Any) -> None:
+            u = getattr(response, "usage", None)
+            tokens[0] += getattr(u, "prompt_tokens", 0) or 0
+            tokens[1] += getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+            tokens[2] += getattr(u, "completion_tokens", 0) or 0
+
+        def usage() -> Usage:
+            seconds = time.perf_counter() - t0
+            return Usage(prompt_tokens=tokens[0], cached_tokens=tokens[1], completion_tokens=tokens[2], seconds=seconds)
+
+        hooks = {
+            "completion:kwargs": lambda *a, **kw: self.calls.append(list(kw.get("messages", []))),
+            "completion:response": count,
+        }
         t0 = time.perf_counter()
         try:
             value, completion = self._client.chat.completions.create_with_completion(
@@ -136,21 +154,17 @@ class InstructorEngine:
         except self._instructor.core.InstructorRetryException as e:
             cause = e.__cause__ or e
             if isinstance(cause, self._openai.APIError):
-                raise api_error(self._openai, self.base_url, cause) from e
+                raise api_error(self._openai, self.base_url, cause, secrets=self._secrets) from e
             if not isinstance(cause, (pydantic.ValidationError, ValueError)) or isinstance(cause, TypeError):
                 raise  # not the model's reply: a bug, not a failed answer
-            usage = Usage(seconds=time.perf_counter() - t0)
             tries = getattr(e, "n_attempts", None) or len(self.calls)
-            return Structured(None, usage, [f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}"])
+            problem = redact(f"no valid reply after {tries} tries: {str(cause)[: self.error_chars]}", self._secrets)
+            return Structured(None, usage(), [problem])
         except self._openai.APIError as e:
-            raise api_error(self._openai, self.base_url, e) from e
-        u = getattr(completion, "usage", None)
-        usage = Usage(
-            prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(u, "completion_tokens", 0) or 0,
-            seconds=time.perf_counter() - t0,
-        )
-        return Structured(value, usage, [], list(context.get("dropped", [])))
+            raise api_error(self._openai, self.base_url, e, secrets=self._secrets) from e
+        if not any(tokens):  # a client that fired no response hook: the final completion's own usage
+            count(completion)
+        return Structured(value, usage(), [], list(context.get("dropped", [])))
 
     def _hooks(self, handlers: Mapping[str, Callable[..., None]]) -> Any:
         hooks = self._instructor.hooks.Hooks()

@@ -17,25 +17,35 @@ error if the constraint was ignored (this is also the readiness check: a real co
 ``/health``). Confidence comes from the returned token log-probabilities where the server gives
 them (``token_probs``); a server without them gives none, and its answers are accepted on
 validation alone only at the last tier. Timeouts, connection errors, 429 and 5xx raise retryable
-:class:`EngineError` (the node retries them with tenacity); other 4xx are not retried.
+:class:`EngineError` (the node retries them with tenacity), carrying the server's ``Retry-After``
+(``retry_after_s``); other 4xx are not retried. A connection error may mean the server restarted,
+perhaps as another server: the canary is sent again before the next request is trusted.
+
+Keys are never shown: every error message has the key (read from ``api_key_env``), a password in
+``base_url`` and any bearer token replaced by ``***`` (:func:`~agentkit.backends.spec.redact`), and
+the engine's name shows ``base_url`` without its credentials.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.message
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
 
+from agentkit.backends.spec import redact
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage, choice_logprobs
 from agentkit.errors import ConfigError, EngineError, ModelUnavailableError
 
-__all__ = ["Flavor", "OpenAIServerEngine", "api_error"]
+__all__ = ["Flavor", "OpenAIServerEngine", "api_error", "retry_after", "url_secrets"]
 
 Flavor = Literal["auto", "vllm", "llamacpp", "openai"]
 _T = TypeVar("_T")
@@ -82,9 +92,13 @@ class OpenAIServerEngine:
             raise ConfigError("server tiers need the openai client", hint="pip install 'agentkit[openai]'") from None
         self._openai = openai
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact(self.base_url)
+        """``base_url`` as messages show it (credentials replaced by ``***``)."""
+        key = os.environ.get(api_key_env)
+        self._secrets = (*url_secrets(self.base_url), *([key] if key else []))
         self._client = openai.OpenAI(
             base_url=self.base_url,
-            api_key=os.environ.get(api_key_env) or "not-needed",
+            api_key=key or "not-needed",
             timeout=timeout_s,
             max_retries=0,  # the node retries (tenacity), with its own bounded, jittered policy
         )
@@ -95,22 +109,26 @@ class OpenAIServerEngine:
         self._score_labels = score_labels
         self._eot: list[int] = []
         self._token_cache: dict[str, list[int]] = {}
-        self._ready = False
+        self._epoch = 0
+        """Counts the connection errors met: each may be a restart, after which set-up runs again."""
+        self._ready_at: int | None = None
+        """The epoch in which set-up (and the canary) last succeeded."""
         self._lock = threading.Lock()
-        self.name = name or f"{model or 'server'}@{self.base_url}"
+        self.name = name or f"{model or 'server'}@{self.shown_url}"
         self._caps = Capabilities(constrained=True, token_probs=logprobs, scoring=False, context=context)
 
     # ---- set-up: which model, which flavor, and a live constraint ---------------------
 
     def _setup(self) -> None:
         with self._lock:
-            if self._ready:
+            epoch = self._epoch
+            if self._ready_at == epoch:
                 return
             if self._model is None or self._flavor == "auto":
                 listed = self._call(lambda: self._client.models.list())
                 models = list(getattr(listed, "data", []) or [])
                 if not models:
-                    raise ModelUnavailableError(f"{self.base_url} serves no model")
+                    raise ModelUnavailableError(f"{self.shown_url} serves no model")
                 first = models[0]
                 if self._model is None:
                     self._model = first.id
@@ -119,7 +137,7 @@ class OpenAIServerEngine:
                     self._flavor = (
                         "vllm" if owner == "vllm" else "llamacpp" if owner in ("me", "llamacpp") else "openai"
                     )
-            self.name = f"{self._model}@{self.base_url}"
+            self.name = f"{self._model}@{self.shown_url}"
             if self._canary:  # under the lock: no request goes out before the constraint is proven
                 self.check_constraint()
             if self._flavor == "vllm" and self._want_logprobs and self._score_labels:
@@ -127,7 +145,7 @@ class OpenAIServerEngine:
                 if eot:
                     self._eot = eot
                     self._caps = replace(self._caps, scoring=True)
-            self._ready = True
+            self._ready_at = epoch  # a connection error since then (another epoch) sets it up again
 
     @property
     def capabilities(self) -> Capabilities:
@@ -148,7 +166,7 @@ class OpenAIServerEngine:
         if gen.text.strip() not in _CANARY_OPTIONS:
             raise ConfigError(
                 f"{self.name} ignored the output constraint (flavor {self._flavor!r}):"
-                f" the canary got {gen.text[:40]!r}",
+                f" the canary got {redact(gen.text[:40], self._secrets)!r}",
                 hint="set the server's flavor (vllm, llamacpp, openai) or use a server that enforces structured output",
             )
 
@@ -210,6 +228,7 @@ class OpenAIServerEngine:
         import urllib.request
 
         root = self.base_url.removesuffix("/v1")
+        where = f"{self.shown_url.removesuffix('/v1')}{path}"
         data = json.dumps({"model": self._model, **body}).encode()
         req = urllib.request.Request(f"{root}{path}", data, {"Content-Type": "application/json"})
         try:
@@ -217,9 +236,12 @@ class OpenAIServerEngine:
                 reply: dict[str, Any] = json.loads(r.read())
                 return reply
         except urllib.error.HTTPError as e:
-            raise EngineError(f"{root}{path}: HTTP {e.code}", retryable=e.code == 429 or e.code >= 500) from e
+            retryable = e.code == 429 or e.code >= 500
+            wait = retry_after(e.headers) if retryable else None
+            raise EngineError(f"{where}: HTTP {e.code}", retryable=retryable, retry_after_s=wait) from e
         except OSError as e:
-            raise EngineError(f"{root}{path}: {e}", retryable=True) from e
+            self._epoch += 1  # the server may be restarting: prove it again when it is back
+            raise EngineError(redact(f"{where}: {e}", self._secrets), retryable=True) from e
 
     def _tokens(self, body: dict[str, Any]) -> list[int]:
         return list(self._post("/tokenize", {"add_special_tokens": False, **body})["tokens"])
@@ -333,16 +355,54 @@ class OpenAIServerEngine:
         try:
             return request()
         except self._openai.APIError as e:
-            raise api_error(self._openai, self.base_url, e) from e
+            if isinstance(e, self._openai.APIConnectionError):  # timeouts too: a hung server may be restarted
+                self._epoch += 1  # the server may be restarting: prove it again when it is back
+            raise api_error(self._openai, self.base_url, e, secrets=self._secrets) from e
 
 
-def api_error(openai: Any, where: str, e: Exception) -> EngineError:
-    """An OpenAI-client error as an EngineError: transport failures, 429 and 5xx are retryable, other 4xx not."""
+def api_error(openai: Any, where: str, e: Exception, *, secrets: Iterable[str] = ()) -> EngineError:
+    """An OpenAI-client error as an EngineError: transport failures, 429 and 5xx are retryable (with the
+    server's ``Retry-After``), other 4xx not. The message has ``secrets`` (the API key), credentials in
+    ``where`` and bearer tokens replaced by ``***``: a server may echo the key it was sent."""
+    secrets = (*secrets, *url_secrets(where))
     if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)):
-        return EngineError(f"{where}: {type(e).__name__}: {e}", retryable=True)
+        return EngineError(redact(f"{where}: {type(e).__name__}: {e}", secrets), retryable=True)
     status = getattr(e, "status_code", 0) or 0
-    detail = str(getattr(e, "message", e))[:300]
-    return EngineError(f"{where}: HTTP {status}: {detail}", retryable=status == 429 or status >= 500)
+    detail = redact(str(getattr(e, "message", e)), secrets)[:300]
+    retryable = status == 429 or status >= 500
+    wait = retry_after(getattr(getattr(e, "response", None), "headers", None)) if retryable else None
+    return EngineError(redact(f"{where}: HTTP {status}: {detail}", secrets), retryable=retryable, retry_after_s=wait)
+
+
+def retry_after(headers: Mapping[str, str] | email.message.Message[str, str] | None) -> float | None:
+    """Seconds a server asks a client to wait (``Retry-After``: seconds or an HTTP date; or OpenAI's
+    ``retry-after-ms``); ``None`` when it says nothing usable."""
+    if headers is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError):
+        ms = headers.get("retry-after-ms")
+        if ms is not None and math.isfinite(value := float(ms)):
+            return max(0.0, value / 1000)
+    text = (headers.get("retry-after") or "").strip()
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        value = float(text)
+        return max(0.0, value) if math.isfinite(value) else None
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    return None
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The credential written in ``url`` (its password; or its user when there is no password, a token
+    written as ``https://TOKEN@host``), as written and decoded, to keep out of messages."""
+    try:
+        parts = urlsplit(url)
+        secret = parts.password or parts.username
+    except ValueError:
+        return ()
+    return tuple({secret, unquote(secret)}) if secret else ()
 
 
 def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:

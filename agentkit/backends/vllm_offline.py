@@ -9,17 +9,22 @@ and the token counts. Labels are scored from ``prompt_logprobs`` (each candidate
 the prompt, all candidates in one batch, vLLM's prefix cache sharing the prompt).
 
 Calls from several threads (``Node.batch(concurrency=N)``) are gathered into one ``LLM.generate``
-call, so vLLM batches them as its server would.
+call, so vLLM batches them as its server would. A caller waits at most ``timeout_s`` for its reply;
+requests the batcher can no longer serve (after :meth:`VLLMOfflineEngine.close`, or if its thread
+died) fail with a retryable :class:`EngineError` instead of waiting forever (the retry loads the model
+again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,131 @@ __all__ = ["VLLMOfflineEngine"]
 
 _MAX_BATCH = 64
 """Requests gathered into one ``LLM.generate`` call at most."""
+
+_Request = tuple[Any, Any, Future[Any]]
+
+
+class _Batcher:
+    """One thread that gathers the requests of many threads into one ``generate(prompts, params)``
+    call. Nothing waits on it forever: a request it can no longer serve fails with a retryable
+    :class:`EngineError` — when it is closed, when its thread stopped, or after ``timeout_s``."""
+
+    def __init__(self, generate: Callable[[list[Any], list[Any]], list[Any]], name: str) -> None:
+        self._generate = generate
+        self._name = name
+        self._queue: queue.Queue[_Request | None] = queue.Queue()  # None: stop
+        self._closed = False
+        self._lock = threading.Lock()
+        self._inflight: list[Future[Any]] = []
+        self._thread = threading.Thread(target=self._serve, name=f"{name} batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._thread.is_alive()
+
+    def run(self, prompts: list[Any], params: list[Any], *, timeout_s: float) -> list[Any]:
+        """The outputs for ``prompts``, in order, once the thread has generated them."""
+        with self._lock:  # nothing is queued behind close()'s stop
+            if not self.alive:
+                raise self._gone()
+            futures: list[Future[Any]] = []
+            for prompt, param in zip(prompts, params, strict=True):
+                fut: Future[Any] = Future()
+                self._queue.put((prompt, param, fut))
+                futures.append(fut)
+        deadline = time.monotonic() + timeout_s
+        try:
+            return [self._wait(f, deadline, timeout_s) for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # a request not yet taken (the call timed out or failed) is dropped, not run
+
+    def _wait(self, fut: Future[Any], deadline: float, timeout_s: float) -> Any:
+        while True:
+            try:
+                return fut.result(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if not self._thread.is_alive():  # it stopped without answering (see _serve's finally)
+                    self._fail_waiting(inflight=True)
+                    _fail(fut, self._gone())
+                elif time.monotonic() >= deadline:
+                    raise EngineError(
+                        f"{self._name}: no reply within {timeout_s:g} s", retryable=True, hint="raise timeout_s"
+                    ) from None
+
+    def _gone(self) -> EngineError:
+        why = "was closed" if self._closed else "stopped"
+        return EngineError(f"{self._name}: the batcher {why}; the request was not run", retryable=True)
+
+    def _fail_waiting(self, *, inflight: bool) -> None:
+        """Fail every queued request, and (``inflight``: the thread is gone) the batch it was generating."""
+        for fut in self._inflight if inflight else ():
+            _fail(fut, self._gone())
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+            elif item[2].set_running_or_notify_cancel():  # (a cancelled one: its caller gave up on it)
+                _fail(item[2], self._gone())
+        if stop:
+            self._queue.put(None)  # a thread still finishing its batch stops after it
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop after the batch in hand (waiting up to ``timeout_s`` for it); the requests still queued
+        fail at once (retryable)."""
+        with self._lock:
+            self._closed = True
+            self._fail_waiting(inflight=False)
+            self._queue.put(None)
+        self._thread.join(timeout=timeout_s)
+        self._fail_waiting(inflight=not self._thread.is_alive())
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:  # close()
+                    return
+                batch = [first] if first[2].set_running_or_notify_cancel() else []
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)  # finish this batch, then stop
+                        break
+                    if item[2].set_running_or_notify_cancel():  # else its caller gave up on it
+                        batch.append(item)
+                if batch:
+                    self._answer(batch)
+        finally:
+            self._fail_waiting(inflight=True)
+
+    def _answer(self, batch: list[_Request]) -> None:
+        self._inflight = [fut for _, _, fut in batch]
+        try:
+            outs = self._generate([b[0] for b in batch], [b[1] for b in batch])
+            if len(outs) != len(batch):
+                raise RuntimeError(f"{len(outs)} outputs for {len(batch)} requests")
+        except Exception as e:  # noqa: BLE001 - handed to every caller waiting on this batch
+            for _, _, fut in batch:
+                _fail(fut, EngineError(f"vLLM generate failed: {e}"))
+        else:
+            for (_, _, fut), out in zip(batch, outs, strict=True):
+                with contextlib.suppress(InvalidStateError):  # already failed by a closing engine
+                    fut.set_result(out)
+        self._inflight = []
+
+
+def _fail(fut: Future[Any], error: Exception) -> None:
+    with contextlib.suppress(InvalidStateError):  # answered (or failed) meanwhile
+        fut.set_exception(error)
 
 
 class VLLMOfflineEngine:
@@ -44,6 +174,7 @@ class VLLMOfflineEngine:
         dtype: str = "auto",
         adapter: str | Path | None = None,
         scoring: bool = False,
+        timeout_s: float = 600.0,
         llm_options: dict[str, Any] | None = None,
     ) -> None:
         """
@@ -54,6 +185,8 @@ class VLLMOfflineEngine:
             scoring: score whole labels from ``prompt_logprobs`` (a classifier then reads every
                 label's probability); off by default, as on vLLM's CPU build prompt log-probabilities
                 are slow, and a choice constraint's token probabilities are used instead.
+            timeout_s: the longest a call waits for its reply (its batch included) before a retryable
+                :class:`EngineError`.
             llm_options: further ``vllm.LLM`` arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ...).
         """
         self.model = str(model)
@@ -64,9 +197,9 @@ class VLLMOfflineEngine:
         self._options = dict(llm_options or {})
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._timeout_s = timeout_s
         self._load_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Any, Any, Future[Any]] | None] = queue.Queue()  # None: stop
-        self._worker: threading.Thread | None = None
+        self._batcher: _Batcher | None = None
         self._eot: list[int] | None = None
 
     # ---- loading -------------------------------------------------------------------
@@ -95,28 +228,34 @@ class VLLMOfflineEngine:
             if self.adapter:
                 options |= {"enable_lora": True, "max_lora_rank": 64}
             try:
-                self._llm = LLM(model=model, **(options | self._options))
+                llm = LLM(model=model, **(options | self._options))
             except (OSError, ValueError, RuntimeError) as e:
                 raise ModelUnavailableError(f"vLLM could not load {model}: {e}") from e
-            self._tokenizer = self._llm.get_tokenizer()
-            self._worker = threading.Thread(target=self._serve, name=f"{self.name} batcher", daemon=True)
-            self._worker.start()
+            self._start(llm)
             import atexit
 
             atexit.register(self.close)  # stop the engine's processes before the interpreter tears down
 
+    def _start(self, llm: Any) -> None:
+        """Serve requests from ``llm`` (a loaded ``vllm.LLM``) through a new batcher."""
+        self._llm, self._tokenizer = llm, llm.get_tokenizer()
+        lora = self._lora()
+        self._batcher = _Batcher(
+            lambda prompts, params: list(llm.generate(prompts, params, use_tqdm=False, lora_request=lora)), self.name
+        )
+
     def close(self) -> None:
-        """Stop the batcher and vLLM's engine processes (also done at exit)."""
+        """Stop the batcher (requests still queued fail, retryable) and vLLM's engine processes (also
+        done at exit). A later call loads the model again."""
         with self._load_lock:
             if self._llm is None:
                 return
-            self._queue.put(None)
-            if self._worker is not None:
-                self._worker.join(timeout=30)
+            if self._batcher is not None:
+                self._batcher.close(timeout_s=30)
             core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
-            self._llm = self._tokenizer = self._worker = None
+            self._llm = self._tokenizer = self._batcher = None
 
     def _lora(self) -> Any:
         if not self.adapter:
@@ -127,39 +266,11 @@ class VLLMOfflineEngine:
 
     # ---- batching: requests from many threads, one LLM.generate -------------------------
 
-    def _serve(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:  # close()
-                return
-            batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # finish this batch, then stop
-                    break
-                batch.append(item)
-            try:
-                outs = self._llm.generate(
-                    [b[0] for b in batch], [b[1] for b in batch], use_tqdm=False, lora_request=self._lora()
-                )
-            except Exception as e:  # noqa: BLE001 - handed to every caller waiting on this batch
-                for _, _, fut in batch:
-                    fut.set_exception(EngineError(f"vLLM generate failed: {e}"))
-                continue
-            for (_, _, fut), out in zip(batch, outs, strict=True):
-                fut.set_result(out)
-
     def _run(self, prompts: list[Any], params: list[Any]) -> list[Any]:
-        futures: list[Future[Any]] = []
-        for prompt, param in zip(prompts, params, strict=True):
-            fut: Future[Any] = Future()
-            self._queue.put((prompt, param, fut))
-            futures.append(fut)
-        return [f.result() for f in futures]
+        batcher = self._batcher
+        if batcher is None:
+            raise EngineError(f"{self.name} was closed; the request was not run", retryable=True)
+        return batcher.run(prompts, params, timeout_s=self._timeout_s)
 
     # ---- prompts -------------------------------------------------------------------
 
