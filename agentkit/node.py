@@ -210,7 +210,7 @@ class Node:
             error = state.outcome.exception() if state.outcome is not None else None
             after = getattr(error, "retry_after_s", None)
             if after:
-                pause = max(pause, float(after))
+                pause = max(pause, min(float(after), 60.0))  # a server's word, within reason
             return min(pause, max(0.0, until - time.perf_counter())) if until is not None else pause
 
         retrying = Retrying(

@@ -117,7 +117,9 @@ class Tier:
         if isinstance(value, Mapping):
             known = {"spec", "task", "name", "usd_per_hour", "usd_per_mtok_in", "usd_per_mtok_out"}
             if "spec" not in value or set(value) - known:
-                raise ConfigError(f"a tier table needs 'spec' and may have {sorted(known - {'spec'})}: {dict(value)}")
+                raise ConfigError(
+                    f"a tier table needs 'spec' and may have {sorted(known - {'spec'})}, got {sorted(value)}"
+                )
             return cls(**dict(value))
         if isinstance(value, TierSpec):
             return cls(spec=str(value))

@@ -54,7 +54,7 @@ def load(target: str, config: Path | None, err: Console) -> object:
         loaded = load_target(target)
         path = config or (Path("agentkit.toml") if Path("agentkit.toml").is_file() else None)
         if path is not None:
-            configured = node_config.apply(path, nodes_of(loaded))
+            configured = node_config.apply(path, nodes_of(loaded), explicit=config is not None)
             if configured:
                 say(err, f"settings from {path} applied to: {', '.join(configured)}")
     return loaded
