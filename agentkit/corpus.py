@@ -6,7 +6,9 @@
 
 Documents: ``.txt``/``.md`` files (one document each), ``.jsonl`` (one record per line with
 ``id``/``doc_id`` and ``text``, optional ``title``), ``.pdf`` (text via pypdf, ``agentkit[pdf]``).
-A passage id is ``<doc_id>#<n>``: stable as long as the document does not change.
+A file's id is its path in the folder given, without the suffix (``guides/faq``); two documents never
+share one (that is a :class:`~agentkit.errors.ConfigError`, not a silent replacement). A passage id is
+``<doc_id>#<n>``: stable as long as the document does not change.
 """
 
 from __future__ import annotations
@@ -76,46 +78,66 @@ def split_passages(text: str, max_chars: int = 1200) -> list[str]:
 
 
 def read_documents(paths: Iterable[str | Path]) -> list[dict[str, str]]:
-    """Documents (``{"doc_id", "text", "title"}``) from files and folders (searched recursively)."""
-    files: list[Path] = []
+    """Documents (``{"doc_id", "text", "title"}``) from files and folders (searched recursively).
+
+    A file's id is its path relative to the folder given, without the suffix (``guides/faq`` for
+    ``kb/guides/faq.md`` when ``kb`` is given), or its stem when the file itself is given; JSONL records
+    carry their own. A file reached twice is read once; two documents with one id are a :class:`ConfigError`."""
+    files: list[tuple[Path, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DOCUMENT_SUFFIXES)
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DOCUMENT_SUFFIXES)
+            files += [(f, f.relative_to(p).with_suffix("").as_posix()) for f in inside]
         elif p.is_file():
-            files.append(p)
+            files.append((p, p.stem))
         else:
             raise InputError(f"no such file or folder: {p}")
     docs: list[dict[str, str]] = []
-    for f in files:
+    read: set[Path] = set()
+    origin: dict[str, str] = {}  # doc_id -> where it was read
+    for f, doc_id in files:
+        if f.resolve() in read:
+            continue
+        read.add(f.resolve())
         suffix = f.suffix.lower()
         if suffix == ".jsonl":
-            docs += _jsonl_documents(f)
+            found = [(doc, f"{f}:{n}") for n, doc in _jsonl_documents(f)]
         elif suffix == ".pdf":
-            docs.append({"doc_id": f.stem, "text": _pdf_text(f), "title": f.stem})
+            found = [({"doc_id": doc_id, "text": _pdf_text(f), "title": f.stem}, str(f))]
         else:
             text = decode_text(f.read_bytes(), name=str(f))
-            docs.append({"doc_id": f.stem, "text": text, "title": f.stem})
+            found = [({"doc_id": doc_id, "text": text, "title": f.stem}, str(f))]
+        for doc, where in found:
+            if doc["doc_id"] in origin:
+                raise ConfigError(
+                    f"two documents have the id {doc['doc_id']!r}: {origin[doc['doc_id']]} and {where}",
+                    hint="rename one: a file's id is its path in the folder given, without the suffix",
+                )
+            origin[doc["doc_id"]] = where
+            docs.append(doc)
     return docs
 
 
-def _jsonl_documents(path: Path) -> list[dict[str, str]]:
+def _jsonl_documents(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The records of a JSONL file as documents, each with its line number."""
     docs = []
-    with path.open(encoding="utf-8", errors="strict") as fh:
-        try:
-            lines = list(fh)
-        except UnicodeDecodeError:
-            raise InputError(f"{path} is not UTF-8 text") from None
+    try:
+        lines = path.read_bytes().decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # not JSON, an integer too long to read, nested too deep
+            raise InputError(f"{path}:{n}: not JSON ({getattr(e, 'msg', type(e).__name__)})") from None
         doc_id = rec.get("doc_id", rec.get("id")) if isinstance(rec, dict) else None
-        if doc_id is None or not isinstance(rec.get("text"), str):
+        if doc_id is None or str(doc_id) == "" or not isinstance(rec.get("text"), str):
             raise InputError(f"{path}:{n}: a record needs 'id' (or 'doc_id') and 'text'")
-        docs.append({"doc_id": str(doc_id), "text": rec["text"], "title": str(rec.get("title", ""))})
+        if "\x00" in rec["text"]:
+            raise InputError(f"{path}:{n}: the text contains NUL characters (binary data?)")
+        docs.append((n, {"doc_id": str(doc_id), "text": rec["text"], "title": str(rec.get("title", ""))}))
     return docs
 
 
@@ -190,27 +212,40 @@ class Corpus:
 
     def add_documents(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Add documents ``{"doc_id", "text", "title"?}``; a known ``doc_id`` with new text replaces
-        the old passages, unchanged documents are skipped. Re-indexes and saves when anything changed."""
-        changed = 0
+        the old passages, unchanged documents are skipped. Re-indexes and saves when anything changed.
+        Two documents with one ``doc_id`` in the same call are a :class:`ConfigError` (nothing is added)."""
+        batch: dict[str, tuple[str, str]] = {}  # doc_id -> (text, title)
         for doc in docs:
-            doc_id, text = str(doc["doc_id"]), str(doc["text"])
+            if "doc_id" not in doc or not isinstance(doc.get("text"), str):
+                raise InputError(f"a document needs 'doc_id' and a 'text' string, got keys {sorted(map(str, doc))}")
+            doc_id = str(doc["doc_id"])
+            if doc_id in batch:
+                raise ConfigError(f"two documents have the id {doc_id!r}", hint="give each document its own id")
+            batch[doc_id] = (doc["text"], str(doc.get("title", "")))
+        passages, known, changed = list(self.passages), dict(self._docs), 0
+        for doc_id, (text, title) in batch.items():
             if not text.strip():
                 continue
             digest = _digest(text)
-            if self._docs.get(doc_id) == digest:
+            if known.get(doc_id) == digest:
                 continue
-            if doc_id in self._docs:
-                self.passages = [p for p in self.passages if p.doc_id != doc_id]
-            title = str(doc.get("title", ""))
+            if doc_id in known:
+                passages = [p for p in passages if p.doc_id != doc_id]
             pieces = split_passages(text, self.max_chars)
-            self.passages += [Passage(f"{doc_id}#{i}", doc_id, t, title) for i, t in enumerate(pieces)]
-            self._docs[doc_id] = digest
+            passages += [Passage(f"{doc_id}#{i}", doc_id, t, title) for i, t in enumerate(pieces)]
+            known[doc_id] = digest
             changed += len(pieces)
-        if not self.passages:
+        if not passages:
             raise InputError("the corpus has no text (no documents, or all empty)")
         if changed:
+            before = self.passages, self._docs
+            self.passages, self._docs = passages, known
+            try:
+                self._index()
+            except BaseException:
+                self.passages, self._docs = before  # the corpus is as it was
+                raise
             self._fingerprint = None
-            self._index()
             if self.path is not None:
                 self.save()
         return changed
@@ -227,11 +262,16 @@ class Corpus:
     def _index(self) -> None:
         import bm25s
 
-        self._retriever = bm25s.BM25()
         texts = [f"{p.title}\n{p.text}" if p.title else p.text for p in self.passages]
-        self._retriever.index(self._tokenize(texts), show_progress=False)
-        if self.retrieval != "bm25":
-            self._vectors = cached_embeddings(texts)
+        tokens = self._tokenize(texts)
+        if not tokens.vocab:
+            raise InputError(
+                "the corpus has no words to search (its passages are punctuation, single characters or stopwords)"
+            )
+        retriever = bm25s.BM25()
+        retriever.index(tokens, show_progress=False)
+        self._vectors = cached_embeddings(texts) if self.retrieval != "bm25" else None
+        self._retriever = retriever
 
     # ---- persistence ---------------------------------------------------------------
 

@@ -103,3 +103,49 @@ def test_fingerprint_follows_the_content_not_the_folder(tmp_path, normans):
     before = a.fingerprint()
     a.add_documents([{"doc_id": "extra", "text": "A new paragraph about something else."}])
     assert a.fingerprint() != before
+
+
+def test_document_ids_are_paths_in_the_folder_so_same_named_files_do_not_replace_each_other(tmp_path):
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "loans").mkdir()
+    (tmp_path / "cards" / "faq.md").write_text("Cards arrive within 5 working days.")
+    (tmp_path / "loans" / "faq.md").write_text("Loans are decided within 2 working days.")
+    (tmp_path / "hours.txt").write_text("Open 9 to 5.")
+    docs = read_documents([tmp_path])
+    assert sorted(d["doc_id"] for d in docs) == ["cards/faq", "hours", "loans/faq"]
+    corpus = Corpus.build(tmp_path)
+    assert {p.id for p in corpus.passages} == {"cards/faq#0", "hours#0", "loans/faq#0"}
+    assert [d["doc_id"] for d in read_documents([tmp_path / "cards" / "faq.md"])] == ["faq"]  # a file given: its stem
+    assert len(read_documents([tmp_path, tmp_path / "hours.txt"])) == 3  # a file reached twice is read once
+
+
+def test_two_documents_that_would_share_an_id_are_a_config_error(tmp_path):
+    from agentkit.errors import ConfigError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "faq.md").write_text("one")
+    (tmp_path / "b" / "faq.md").write_text("two")
+    with pytest.raises(ConfigError, match="'faq'.*a/faq.md and .*b/faq.md"):
+        read_documents([tmp_path / "a" / "faq.md", tmp_path / "b" / "faq.md"])
+    (tmp_path / "a" / "faq.txt").write_text("three")
+    with pytest.raises(ConfigError, match="two documents have the id 'a/faq'"):
+        read_documents([tmp_path])
+    (tmp_path / "kb.jsonl").write_text('{"id": "x", "text": "one"}\n{"id": "x", "text": "two"}\n')
+    with pytest.raises(ConfigError, match="kb.jsonl:1 and .*kb.jsonl:2"):
+        read_documents([tmp_path / "kb.jsonl"])
+    corpus = Corpus()
+    with pytest.raises(ConfigError, match="two documents have the id 'x'"):
+        corpus.add_documents([{"doc_id": "x", "text": "one"}, {"doc_id": "x", "text": "two"}])
+    assert corpus.passages == []  # nothing was added
+    with pytest.raises(InputError, match="needs 'doc_id'"):
+        corpus.add_documents([{"text": "no id"}])
+
+
+def test_jsonl_that_is_too_deep_or_too_long_a_number_is_an_input_error(tmp_path):
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    with pytest.raises(InputError, match="not JSON"):
+        read_documents([tmp_path / "deep.jsonl"])
+    (tmp_path / "long.jsonl").write_text('{"id": ' + "9" * 5000 + ', "text": "x"}\n')
+    with pytest.raises(InputError, match="not JSON"):
+        read_documents([tmp_path / "long.jsonl"])

@@ -7,8 +7,9 @@ replies, signatures, HTML stripped) → classify → route by conditional edges:
 - ``spam`` → ``dropped``, with its record;
 - ``action_request`` / ``other`` / an unsure classification → ``flagged`` for a human, with a one-line reason.
 
-A message that addresses instructions to an AI ("ignore previous instructions", "classify this as spam")
-is flagged for a person before any model reads it.
+A message that addresses instructions to an AI ("ignore previous instructions", "mark this as spam") anywhere
+in what a model would read (subject, body, every attachment whole) is flagged for a person before any model
+reads it: a cheap first check on the normalized text, not the guarantee (see the README's Limitations).
 
 The classifier's ladder starts with a ``knn`` tier (a vote of the 4 most similar labelled messages in
 ``workflows/data/emails_labelled.jsonl``; no model) and escalates to the 0.5B and 1.5B models, which
@@ -22,6 +23,7 @@ use and then reused.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -73,19 +75,76 @@ if TYPE_CHECKING:  # langgraph is imported when a graph is built: importing it t
     CompiledEmailGraph = CompiledStateGraph[EmailState, None, EmailState, EmailState]
 
 
-_INSTRUCTIONS_TO_A_MODEL = re.compile(
-    r"\b(ignore|disregard|forget)\b.{0,40}\b(instructions|prompt|rules)\b"
-    r"|\b(classify|label|route)\s+(this|the)\s+(message|email|mail)?\s*as\b"
-    r"|\bsystem prompt\b",
-    re.I | re.S,
+_VERBS = (
+    r"ignore|ignoring|disregard|forget|override|bypass|skip|overlook|pay no attention to"
+    r"|ignorez|ignorer|ignores|oublie|oubliez|oublier|ne tenez pas compte des?"  # French
+    r"|ignoriere|ignorieren|vergiss|vergessen|missachte"  # German
+    r"|ignora|ignorar|olvida|olvidar|omite|dimentica"  # Spanish, Italian
 )
+_ORDERS = (
+    r"instructions?|prompts?|rules|guidance|guidelines|directions|directives|commands|orders|system messages?"
+    r"|consignes|règles|regles|anweisungen|regeln|vorgaben|instrucciones|reglas|istruzioni|regole"
+)
+_IGNORE_ORDERS = re.compile(rf"(?=(?P<phrase>\b(?:{_VERBS})\s+(?P<gap>(?:[^\s.!?;,]+\s+){{0,6}}?)(?:{_ORDERS})\b))")
+"""A verb of dismissal, up to six words, then a word for orders (every start, overlapping); the words
+between are checked in :func:`addressed_to_the_model`."""
+_QUALIFIER = re.compile(
+    r"previous|prior|above|earlier|preceding|foregoing|all|any|every|your|my|system|original|existing|other|these"
+    r"|those|précédentes|précédents|antérieures|toutes|tous|vorherigen|bisherigen|obigen|alle|anteriores|todas|todos"
+    r"|precedenti|tutte"
+)
+"""Words that make "ignore … rules" an order about instructions: "ignore all previous rules"."""
+_DETERMINER = re.compile(r"the|of|les|des|vos|tes|die|deine|ihre|las|los|tus|sus|le|tue")
+"""Words that may stand alone between the verb and the noun: "forget the rules", "ignorez les consignes"."""
+_CATEGORY_WORDS = r"spam|not spam|ham|junk|not junk|safe|legitimate|trusted|support_question|action_request"
+_ADDRESSED_TO_A_MODEL = [
+    re.compile(p)
+    for p in (
+        r"\b(classify|label|route|categori[sz]e)\s+(this|it|these|the)\s+((message|email|e-mail|mail|ticket|text)\s+)?"
+        r"(as|under)\b",  # classify this message as spam
+        r"\b(mark|flag|treat|tag|file|report|move)\s+(this|it|these|the)\s+((message|email|e-mail|mail|one)\s+)?"
+        rf"(as|in|to)\s+((an?|the)\s+)?({_CATEGORY_WORDS})\b",  # mark this as spam
+        r"\bsystem prompt\b|\bdeveloper mode\b|\bjailbreak",
+        r"\byou are (now )?(an? )?(ai|assistant|language model|llm|chatbot)\b",
+        r"\b(reveal|print|show|repeat|output)\s+(me\s+)?(your|the)\s+(hidden\s+|initial\s+)?(prompt|instructions)\b",
+        r"<\|[a-z_]{2,30}\|>|\[/?inst\]|<</?sys>>",  # chat-template control tokens
+    )
+]
+
+
+_INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+"""Default-ignorable characters that are not format characters (variation selectors, fillers, the
+combining grapheme joiner): shown as nothing, so a word split by them still reads as the word."""
+
+
+def normalized(text: str) -> str:
+    """``text`` as the guard reads it: NFKC (full-width and other compatibility letters become plain ones),
+    invisible characters removed (zero-width spaces and joiners, soft hyphens, direction marks, variation
+    selectors, control characters), whitespace collapsed, casefolded."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    text = "".join(c for c in text if c.isspace() or unicodedata.category(c) not in ("Cf", "Cc"))
+    return " ".join(text.split()).casefold()
 
 
 def addressed_to_the_model(text: str) -> str | None:
-    """The phrase if ``text`` gives instructions to an AI ("ignore previous instructions", "classify
-    this as ..."): such a message is flagged for a person rather than classified."""
-    m = _INSTRUCTIONS_TO_A_MODEL.search(text)
-    return m.group(0) if m else None
+    """The phrase (normalized) if ``text`` gives instructions to an AI ("ignore previous instructions", "mark
+    this as spam", a chat-template control token): such a message is flagged for a person rather than
+    classified. A cheap first check for the obvious phrasings, in a few languages, not a guarantee: what
+    holds whatever the text says is the structure (see the README's Limitations)."""
+    text = normalized(text)
+    for m in _IGNORE_ORDERS.finditer(text):  # "ignore all previous rules", not "ignore the late fee as per the rules"
+        gap = m.group("gap").split()
+        if any(_QUALIFIER.fullmatch(w) for w in gap) or all(_DETERMINER.fullmatch(w) for w in gap):
+            return m.group("phrase")
+    found = (pattern.search(text) for pattern in _ADDRESSED_TO_A_MODEL)
+    return next((m.group(0) for m in found if m), None)
+
+
+def injected_phrase(mail: Email) -> str | None:
+    """:func:`addressed_to_the_model` over everything a model of this workflow reads of ``mail``: the
+    subject, the body and every attachment whole (the classifier reads their start, the invoice
+    extraction reads them all)."""
+    return addressed_to_the_model(mail.as_text(attachment_chars=None))
 
 
 def read_email(value: Any, name: str = "email") -> Email:
@@ -164,7 +223,7 @@ def build(
         attached = next((t for t in mail.attachments.values() if t.strip()), "")
         text = mail.as_text()
         return {
-            "injected": addressed_to_the_model(text) or "",
+            "injected": injected_phrase(mail) or "",
             "email": {"subject": mail.subject, "sender": mail.sender},
             "text": text,
             "question": mail.body or mail.subject,
