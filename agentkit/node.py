@@ -329,7 +329,9 @@ class Node:
             node=self.name,
             ok=False,
             input_id=input_id,
-            input_text=value if isinstance(value, str) else repr(value)[:1000],
+            input_text=(value if isinstance(value, str) else repr(value)[:1000])
+            .encode("utf-8", "backslashreplace")
+            .decode(),
             config_hash=self.config_hash(),
             reason=str(error),
         )

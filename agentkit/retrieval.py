@@ -77,7 +77,10 @@ class ExampleIndex:
 
             self._bm25s = bm25s
             self._retriever = bm25s.BM25()
-            self._retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+            tokenized = bm25s.tokenize(corpus, stopwords="en", show_progress=False)
+            if not tokenized.vocab:  # bm25s cannot index it (it fails on a division by zero)
+                raise ConfigError("the example pool has no word to index", hint="give examples with words in them")
+            self._retriever.index(tokenized, show_progress=False)
         if retrieval != "bm25":
             self._vectors = cached_embeddings(corpus)
 

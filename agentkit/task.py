@@ -79,6 +79,10 @@ class Task(ABC):
             raise InputError(f"input must be text, got {type(value).__name__}")
         if "\x00" in value:
             raise InputError("input contains NUL bytes (binary data?)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"input is not valid text: a lone surrogate at character {e.start}") from None
         if not value.strip():
             raise InputError("input is empty")
         if len(value) > self.max_input_chars:

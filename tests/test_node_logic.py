@@ -513,3 +513,18 @@ def test_a_servers_retry_after_is_waited_for():
     started = time.perf_counter()
     result = Node(Classify(["a", "b"]), [Tier(spec="x", name="x", engine=engine)], Policy(retry_wait_s=0.001)).run("t")
     assert result.ok and len(engine.calls) == 2 and time.perf_counter() - started >= 0.25
+
+
+@pytest.mark.parametrize("value", ["caf\udce9", "\u200b\u200b", "\x01\x02"])
+def test_text_that_is_not_text_ends_as_a_failure_with_its_reason(value, tmp_path):
+    """A lone surrogate is refused before any tier (and the trace is still written); an input of only invisible
+    or control characters cleanses to nothing, which is a failure, not an empty success."""
+    from agentkit import Cleanse
+
+    result = Node(Cleanse(), ["rules"], trace=tmp_path / "t.jsonl").run(value)
+    assert not result.ok and result.reason and (tmp_path / "t.jsonl").read_text().count("\n") == 1
+
+
+def test_an_example_pool_with_no_word_to_index_is_a_config_error():
+    with pytest.raises(ConfigError, match="no word to index"):
+        Classify(["a", "b"], examples=[{"input": "!!!", "expected": "a"}, {"input": "the", "expected": "b"}])

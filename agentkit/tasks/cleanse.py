@@ -124,6 +124,9 @@ class Cleanse(Task):
 
     def answer(self, engine: Engine, text: str) -> Answer:
         cleaned = self.apply_rules(text)
+        if not cleaned.strip():  # nothing readable was left: a failure saying so, not an empty success
+            problems = ["no text is left after cleansing (the input held only invisible or control characters)"]
+            return Answer(value=None, raw=cleaned, confidence=None, method="rules", usage=Usage(), problems=problems)
         if not self.model_instructions:
             return Answer(value=cleaned, raw=cleaned, confidence=1.0, method="rules", usage=Usage())
         msgs = [
