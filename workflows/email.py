@@ -224,7 +224,8 @@ def build(
         text = mail.as_text()
         return {
             "injected": injected_phrase(mail) or "",
-            "email": {"subject": mail.subject, "sender": mail.sender},
+            # parts that could not be read (a broken attachment, an unknown charset) are named in the record
+            "email": {"subject": mail.subject, "sender": mail.sender} | ({"notes": mail.notes} if mail.notes else {}),
             "text": text,
             "question": mail.body or mail.subject,
             "document": attached or mail.body,
