@@ -9,23 +9,34 @@ a model's quality.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import math
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError
 
-__all__ = ["VLLM_ENV", "FakeEngine", "failing_engine", "free_port", "serving", "vllm_server_command"]
+__all__ = [
+    "VLLM_ENV",
+    "FakeEngine",
+    "JSONHandler",
+    "LocalServer",
+    "failing_engine",
+    "free_port",
+    "serving",
+    "vllm_server_command",
+]
 
 
 @dataclass
@@ -162,3 +173,36 @@ def serving(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log_file.close()
+
+
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+    """A base for stand-in HTTP servers in tests (a fake: for faults no real server produces on demand, such
+    as a 500, a 429 with ``Retry-After`` or an error that echoes the key): JSON replies, no request log."""
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+
+class LocalServer:
+    """``handler`` served on 127.0.0.1 (``port`` 0: a free one) in a thread until :meth:`stop`."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> None:
+        self.handler = handler
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

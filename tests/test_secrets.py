@@ -17,7 +17,7 @@ from agentkit import Classify, Extract, Node, Policy, Tier, collect
 from agentkit.backends.spec import TierSpec, redact
 from agentkit.errors import ConfigError, EngineError
 from agentkit.result import Result, Trace
-from agentkit.testing import FakeEngine
+from agentkit.testing import FakeEngine, JSONHandler
 
 pytest.importorskip("openai")
 
@@ -26,7 +26,7 @@ KEY = "sk-agentkit-test-5f1c2d9e8b7a6c4d"
 PASSWORD = "url-password-7d3e9a1b"
 
 
-class _Echo(http.server.BaseHTTPRequestHandler):
+class _Echo(JSONHandler):
     """A server that lists one model, then rejects every request with 401 and a body that echoes the
     credentials it was sent (the Authorization header, and a Basic header decoded)."""
 
@@ -44,17 +44,6 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             echoed += " = " + base64.b64decode(auth[6:]).decode()
         message = f"Incorrect API key provided: {echoed}. You sent Authorization: {auth}"
         self._send(401, {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}})
-
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 
 from agentkit import Classify, Extract, Node, Policy, Tier
 from agentkit.errors import ConfigError, EngineError
+from agentkit.testing import JSONHandler, LocalServer
 
 CHOICE = Classify(["a", "b"])._constraint
 MESSAGES = [{"role": "user", "content": "x"}]
@@ -27,7 +28,7 @@ def _handler(**state: Any) -> type[http.server.BaseHTTPRequestHandler]:
     ``status`` and ``headers`` for an error reply, ``replies`` (cycled) for completions, and whether the
     canary's constraint is ``ignored``. Counts ``canaries`` and ``posts``."""
 
-    class Chat(http.server.BaseHTTPRequestHandler):
+    class Chat(JSONHandler):
         status, headers, replies, ignored, canaries, posts = 200, {}, ["a"], False, 0, 0
 
         def do_GET(self):
@@ -52,45 +53,17 @@ def _handler(**state: Any) -> type[http.server.BaseHTTPRequestHandler]:
                 "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
             })  # fmt: skip
 
-        def _send(self, status, body, headers=None):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
     for name, value in state.items():
         setattr(Chat, name, value)
     return Chat
 
 
-class _Server:
-    """A :func:`_handler` server in a thread, stopped (and its port freed) by :meth:`stop`."""
-
-    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> None:
-        self.handler = handler
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def servers():
-    started: list[_Server] = []
+    started: list[LocalServer] = []
 
-    def start(port: int = 0, **state: Any) -> _Server:
-        server = _Server(_handler(**state), port)
+    def start(port: int = 0, **state: Any) -> LocalServer:
+        server = LocalServer(_handler(**state), port)
         started.append(server)
         return server
 

@@ -18,7 +18,7 @@ import pytest
 
 from agentkit import Classify, Extract, Node, Policy, Tier
 from agentkit.errors import ConfigError, EngineError
-from agentkit.testing import free_port, serving, vllm_server_command
+from agentkit.testing import JSONHandler, free_port, serving, vllm_server_command
 from tests.conftest import VLLM_ENV
 
 pytestmark = pytest.mark.server
@@ -83,7 +83,7 @@ def test_a_batch_keeps_several_items_in_flight_and_their_order(llama_server):
     assert "empty" in results[3].reason
 
 
-class _Faulty(http.server.BaseHTTPRequestHandler):
+class _Faulty(JSONHandler):
     status = 500
     hits = 0
 
@@ -93,17 +93,6 @@ class _Faulty(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         type(self).hits += 1
         self._send(type(self).status, {"error": {"message": "boom", "type": "server_error"}})
-
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
