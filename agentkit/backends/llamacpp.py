@@ -175,6 +175,9 @@ class LlamaCppEngine(TokenEngine):
     def _tokenize(self, text: str, *, first: bool) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=first, special=True))
 
+    def _tokenize_text(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _token_bytes(self, token: int) -> bytes:
         piece: bytes = self._llm.detokenize([token], special=False)
         return piece

@@ -86,6 +86,11 @@ class TokenEngine:
         """The chat template applied to ``messages``, as text."""
         raise NotImplementedError
 
+    def _tokenize_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` read as plain text: a control token's spelling in it (``<|im_end|>``) is
+        text, never the control token. Engines whose tokenizer parses control tokens override it."""
+        return self._tokenize(text, first=False)
+
     def _extend_model(self, new: list[int], pos: int, rows: int) -> np.ndarray:
         """Run ``new`` after the ``pos`` cached tokens; the logits of its last ``rows`` tokens, ``(rows, vocab)``."""
         raise NotImplementedError
@@ -122,17 +127,78 @@ class TokenEngine:
     def count_tokens(self, text: str) -> int:
         with self._lock:
             self._load()
-            return len(self._tokenize(text, first=False))
+            return len(self._tokenize_text(text))
 
     def _prompt_tokens(self, messages: list[Message], prefix: int) -> tuple[list[int], int]:
-        """Tokens of the chat prompt and how many of them belong to the fixed prefix."""
-        full = self._chat(messages, add_generation_prompt=True)
+        """Tokens of the chat prompt and how many of them belong to the fixed prefix. The template's own
+        text is read with its control tokens; the messages' contents as plain text (:meth:`_tokenize_text`),
+        so that a message cannot close its turn or open another by spelling the control tokens."""
+        full, spans = self._marked_chat(messages, add_generation_prompt=True)
         if 0 < prefix < len(messages):
-            head = self._chat(messages[:prefix], add_generation_prompt=False)
+            head, _ = self._marked_chat(messages[:prefix], add_generation_prompt=False)
             if full.startswith(head):
-                head_tokens = self._tokenize(head, first=True)
-                return head_tokens + self._tokenize(full[len(head) :], first=False), len(head_tokens)
-        return self._tokenize(full, first=True), 0
+                head_tokens = self._tokenize_spans(full, spans, 0, len(head), first=True)
+                rest = self._tokenize_spans(full, spans, len(head), len(full), first=False)
+                return head_tokens + rest, len(head_tokens)
+        return self._tokenize_spans(full, spans, 0, len(full), first=True), 0
+
+    def _marked_chat(
+        self, messages: list[Message], *, add_generation_prompt: bool
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The templated prompt and where each message's content lies in it. Found by rendering the template
+        with a placeholder per message; a template that changes a message's text (so that it cannot be
+        found as written) is refused when that text spells a control token."""
+        marks = [f"\x00agentkit-content-{i}\x00" for i in range(len(messages))]
+        rendered = self._chat(
+            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)],
+            add_generation_prompt=add_generation_prompt,
+        )
+        text, spans, pos = [], [], 0
+        length = 0
+        for message, mark in zip(messages, marks, strict=True):
+            at = rendered.find(mark, pos)
+            if at < 0 or rendered.count(mark) != 1:
+                return self._unmarked_chat(messages, add_generation_prompt=add_generation_prompt)
+            text.append(rendered[pos:at])
+            length += at - pos
+            spans.append((length, length + len(message["content"])))
+            text.append(message["content"])
+            length += len(message["content"])
+            pos = at + len(mark)
+        text.append(rendered[pos:])
+        return "".join(text), spans
+
+    def _unmarked_chat(
+        self, messages: list[Message], *, add_generation_prompt: bool
+    ) -> tuple[str, list[tuple[int, int]]]:
+        for m in messages:
+            if self._tokenize(m["content"], first=False) != self._tokenize_text(m["content"]):
+                raise InputError(
+                    "the input spells the model's control tokens, and this model's chat template changes message"
+                    " text, so they cannot be kept as text",
+                    hint="remove them from the input, or use a model whose template keeps messages as written",
+                )
+        return self._chat(messages, add_generation_prompt=add_generation_prompt), []
+
+    def _tokenize_spans(
+        self, text: str, spans: list[tuple[int, int]], start: int, end: int, *, first: bool
+    ) -> list[int]:
+        """Tokens of ``text[start:end]``: the parts inside ``spans`` as plain text, the rest as template text."""
+        tokens: list[int] = []
+        pos = start
+        for a, b in [*spans, (end, end)]:
+            a, b = max(a, start), min(b, end)
+            if b < a or a < pos:
+                continue
+            if a > pos:
+                tokens += self._tokenize(text[pos:a], first=first and not tokens)
+            if b > a:
+                piece = self._tokenize_text(text[a:b])
+                if first and not tokens:
+                    piece = self._tokenize("", first=True) + piece  # BOS, where the model wants one
+                tokens += piece
+            pos = max(pos, b)
+        return tokens
 
     def _end_of_turn(self) -> str:
         """The text that closes an assistant reply in this model's chat template (e.g. ``<|im_end|>``)."""
@@ -217,7 +283,7 @@ class TokenEngine:
             end = set(self._tokenize(self._end_of_turn(), first=False))
             if (eos := self._eos()) is not None:
                 end.add(eos)
-            source = self._tokenize(spec["source"], first=False)
+            source = self._tokenize_text(spec["source"])
             pieces = [self._token_bytes(t).decode("utf-8", errors="ignore") for t in source]
             proc = SpanProcessor(
                 source,

@@ -124,6 +124,9 @@ class TransformersEngine(TokenEngine):
     def _tokenize(self, text: str, *, first: bool) -> list[int]:
         return list(self._tok(text, add_special_tokens=first and self._tok.bos_token is not None).input_ids)
 
+    def _tokenize_text(self, text: str) -> list[int]:
+        return list(self._tok(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+
     def _token_bytes(self, token: int) -> bytes:
         piece: str = self._tok.decode([token], skip_special_tokens=True)
         return piece.encode("utf-8")
