@@ -10,7 +10,7 @@ import pytest
 
 from agentkit import Classify, Corpus, Extract, GroundedAnswer, InputError, Node, Policy, TaskFailed, Tier, collect
 from agentkit.errors import ConfigError, EngineError
-from agentkit.eval import answer_all, cascade
+from agentkit.eval import answer_all, cascade, iter_answers
 from agentkit.testing import FakeEngine, failing_engine
 
 
@@ -528,3 +528,40 @@ def test_text_that_is_not_text_ends_as_a_failure_with_its_reason(value, tmp_path
 def test_an_example_pool_with_no_word_to_index_is_a_config_error():
     with pytest.raises(ConfigError, match="no word to index"):
         Classify(["a", "b"], examples=[{"input": "!!!", "expected": "a"}, {"input": "the", "expected": "b"}])
+
+
+def test_calibrated_answers_stay_calibrated_under_threads():
+    """The content-free prior is computed without flipping a shared flag: answers from four threads at once are
+    all calibrated (they once came back uncalibrated while another thread computed the prior)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import time
+
+    class Slow(FakeEngine):  # a fake: scoring takes a while, as a model's does, so the threads overlap
+        def score(self, *args, **kwargs):
+            time.sleep(0.01)
+            return super().score(*args, **kwargs)
+
+    engines = [Slow(replies=["a"], confidence=0.7) for _ in range(8)]
+    task = Classify(["a", "b"], calibrate=True)
+    tiers = [Tier(spec=f"fake{i}", name=f"fake{i}", engine=e) for i, e in enumerate(engines)]
+    with ThreadPoolExecutor(4) as pool:  # each engine's prior is computed on first use, while others answer
+        results = list(pool.map(lambda t: Node(task, [t]).run("some text"), tiers * 4))
+    assert all(r.ok and r.attempts[0].confidence_method.endswith("+calibrated") for r in results)
+
+
+def test_eval_keeps_no_transient_error_in_its_answers_cache(tmp_path):
+    """A tier that failed transiently (after the node's retries) is asked again on the next evaluation; an answer
+    is kept. An unexpected exception in a task is a recorded invalid answer, not a crash of the evaluation."""
+    cache = tmp_path / "answers.jsonl"
+    flaky = FakeEngine(replies=[EngineError("fake: connection reset", retryable=True), "a"])
+    node = Node(Classify(["a", "b"]), [Tier(spec="flaky", name="flaky", engine=flaky)], Policy(retries=0))
+    (first,) = [row for _, row in iter_answers(node, ["some text"], cache=cache)]
+    assert not first[0].valid and first[0].transient and (not cache.exists() or cache.read_text() == "")
+    (second,) = [row for _, row in iter_answers(node, ["some text"], cache=cache)]
+    assert second[0].valid and second[0].value == "a" and cache.read_text().count("\n") == 1
+
+    broken = FakeEngine(replies=[ZeroDivisionError("fake: a bug in a plug-in engine")])
+    node = Node(Classify(["a", "b"]), [Tier(spec="broken", name="broken", engine=broken)])
+    (row,) = [row for _, row in iter_answers(node, ["some text"])]
+    assert not row[0].valid and "ZeroDivisionError" in row[0].error
