@@ -533,9 +533,8 @@ def test_an_example_pool_with_no_word_to_index_is_a_config_error():
 def test_calibrated_answers_stay_calibrated_under_threads():
     """The content-free prior is computed without flipping a shared flag: answers from four threads at once are
     all calibrated (they once came back uncalibrated while another thread computed the prior)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     class Slow(FakeEngine):  # a fake: scoring takes a while, as a model's does, so the threads overlap
         def score(self, *args, **kwargs):
