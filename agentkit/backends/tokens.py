@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from agentkit.engine import Capabilities, Constraint, Generation, Message, Scores, Usage
 from agentkit.errors import EngineError, InputError, ModelUnavailableError
 
-__all__ = ["EXACT_WITHIN", "SpanProcessor", "TokenEngine", "word_boundaries"]
+__all__ = ["EXACT_WITHIN", "SpanProcessor", "TokenEngine", "marked_chat", "tokenize_marked", "word_boundaries"]
 
 _CONSTRAINTS = 64
 """Compiled constraints kept per engine (a node's fixed constraint stays; per-input ones rotate)."""
@@ -133,72 +133,21 @@ class TokenEngine:
         """Tokens of the chat prompt and how many of them belong to the fixed prefix. The template's own
         text is read with its control tokens; the messages' contents as plain text (:meth:`_tokenize_text`),
         so that a message cannot close its turn or open another by spelling the control tokens."""
-        full, spans = self._marked_chat(messages, add_generation_prompt=True)
+
+        def template(text: str, first: bool) -> list[int]:
+            return self._tokenize(text, first=first)
+
+        def render(msgs: list[Message], add_generation_prompt: bool) -> str:
+            return self._chat(msgs, add_generation_prompt=add_generation_prompt)
+
+        full, spans = marked_chat(render, messages, True, template, self._tokenize_text)
         if 0 < prefix < len(messages):
-            head, _ = self._marked_chat(messages[:prefix], add_generation_prompt=False)
+            head, _ = marked_chat(render, messages[:prefix], False, template, self._tokenize_text)
             if full.startswith(head):
-                head_tokens = self._tokenize_spans(full, spans, 0, len(head), first=True)
-                rest = self._tokenize_spans(full, spans, len(head), len(full), first=False)
+                head_tokens = tokenize_marked(full, spans, 0, len(head), template, self._tokenize_text, first=True)
+                rest = tokenize_marked(full, spans, len(head), len(full), template, self._tokenize_text, first=False)
                 return head_tokens + rest, len(head_tokens)
-        return self._tokenize_spans(full, spans, 0, len(full), first=True), 0
-
-    def _marked_chat(
-        self, messages: list[Message], *, add_generation_prompt: bool
-    ) -> tuple[str, list[tuple[int, int]]]:
-        """The templated prompt and where each message's content lies in it. Found by rendering the template
-        with a placeholder per message; a template that changes a message's text (so that it cannot be
-        found as written) is refused when that text spells a control token."""
-        marks = [f"\x00agentkit-content-{i}\x00" for i in range(len(messages))]
-        rendered = self._chat(
-            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)],
-            add_generation_prompt=add_generation_prompt,
-        )
-        text, spans, pos = [], [], 0
-        length = 0
-        for message, mark in zip(messages, marks, strict=True):
-            at = rendered.find(mark, pos)
-            if at < 0 or rendered.count(mark) != 1:
-                return self._unmarked_chat(messages, add_generation_prompt=add_generation_prompt)
-            text.append(rendered[pos:at])
-            length += at - pos
-            spans.append((length, length + len(message["content"])))
-            text.append(message["content"])
-            length += len(message["content"])
-            pos = at + len(mark)
-        text.append(rendered[pos:])
-        return "".join(text), spans
-
-    def _unmarked_chat(
-        self, messages: list[Message], *, add_generation_prompt: bool
-    ) -> tuple[str, list[tuple[int, int]]]:
-        for m in messages:
-            if self._tokenize(m["content"], first=False) != self._tokenize_text(m["content"]):
-                raise InputError(
-                    "the input spells the model's control tokens, and this model's chat template changes message"
-                    " text, so they cannot be kept as text",
-                    hint="remove them from the input, or use a model whose template keeps messages as written",
-                )
-        return self._chat(messages, add_generation_prompt=add_generation_prompt), []
-
-    def _tokenize_spans(
-        self, text: str, spans: list[tuple[int, int]], start: int, end: int, *, first: bool
-    ) -> list[int]:
-        """Tokens of ``text[start:end]``: the parts inside ``spans`` as plain text, the rest as template text."""
-        tokens: list[int] = []
-        pos = start
-        for a, b in [*spans, (end, end)]:
-            a, b = max(a, start), min(b, end)
-            if b < a or a < pos:
-                continue
-            if a > pos:
-                tokens += self._tokenize(text[pos:a], first=first and not tokens)
-            if b > a:
-                piece = self._tokenize_text(text[a:b])
-                if first and not tokens:
-                    piece = self._tokenize("", first=True) + piece  # BOS, where the model wants one
-                tokens += piece
-            pos = max(pos, b)
-        return tokens
+        return tokenize_marked(full, spans, 0, len(full), template, self._tokenize_text, first=True), 0
 
     def _end_of_turn(self) -> str:
         """The text that closes an assistant reply in this model's chat template (e.g. ``<|im_end|>``)."""
@@ -649,3 +598,68 @@ class SpanProcessor:
         if allowed:
             masked[allowed] = logits[allowed]
         return masked
+
+
+def marked_chat(
+    render: Callable[[list[Message], bool], str],
+    messages: list[Message],
+    add_generation_prompt: bool,
+    template_tokens: Callable[[str, bool], list[int]],
+    text_tokens: Callable[[str], list[int]],
+) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt ``render`` (a chat template) makes of ``messages``, and where each message's content lies in it,
+    so that :func:`tokenize_marked` reads the contents as plain text and the template's own text with its control
+    tokens. Found by rendering a placeholder per message; a template that changes a message's text (so that it
+    cannot be found as written) refuses a message that spells a control token (:class:`InputError`)."""
+    marks = [f"\x00agentkit-content-{i}\x00" for i in range(len(messages))]
+    rendered = render([{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)], add_generation_prompt)
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = length = 0
+    for message, mark in zip(messages, marks, strict=True):
+        at = rendered.find(mark, pos)
+        if at < 0 or rendered.count(mark) != 1:
+            for m in messages:
+                if template_tokens(m["content"], False) != text_tokens(m["content"]):
+                    raise InputError(
+                        "the input spells the model's control tokens, and this model's chat template changes message"
+                        " text, so they cannot be kept as text",
+                        hint="remove them from the input, or use a model whose template keeps messages as written",
+                    )
+            return render(messages, add_generation_prompt), []
+        pieces += [rendered[pos:at], message["content"]]
+        length += at - pos
+        spans.append((length, length + len(message["content"])))
+        length += len(message["content"])
+        pos = at + len(mark)
+    pieces.append(rendered[pos:])
+    return "".join(pieces), spans
+
+
+def tokenize_marked(
+    text: str,
+    spans: list[tuple[int, int]],
+    start: int,
+    end: int,
+    template_tokens: Callable[[str, bool], list[int]],
+    text_tokens: Callable[[str], list[int]],
+    *,
+    first: bool,
+) -> list[int]:
+    """Tokens of ``text[start:end]``: the parts inside ``spans`` (:func:`marked_chat`) as plain text, the rest as
+    template text; ``first``: it starts the prompt (a BOS where the model wants one)."""
+    tokens: list[int] = []
+    pos = start
+    for a, b in [*spans, (end, end)]:
+        a, b = max(a, start), min(b, end)
+        if b < a or a < pos:
+            continue
+        if a > pos:
+            tokens += template_tokens(text[pos:a], first and not tokens)
+        if b > a:
+            piece = text_tokens(text[a:b])
+            if first and not tokens:
+                piece = template_tokens("", True) + piece
+            tokens += piece
+        pos = max(pos, b)
+    return tokens

@@ -275,8 +275,24 @@ class VLLMOfflineEngine:
     # ---- prompts -------------------------------------------------------------------
 
     def _prompt(self, messages: list[Message]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = list(self._tokenizer(text, add_special_tokens=False).input_ids)
+        """The prompt's tokens: the template's text with its control tokens, the messages' contents as plain text
+        (a message cannot close its turn by spelling ``<|im_end|>``)."""
+        from agentkit.backends.tokens import marked_chat, tokenize_marked
+
+        tok = self._tokenizer
+
+        def render(msgs: list[Message], add_generation_prompt: bool) -> str:
+            text: str = tok.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False)
+            return text
+
+        def template(text: str, first: bool) -> list[int]:
+            return list(tok(text, add_special_tokens=False).input_ids)
+
+        def plain(text: str) -> list[int]:
+            return list(tok(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+
+        full, spans = marked_chat(render, messages, True, template, plain)
+        ids = tokenize_marked(full, spans, 0, len(full), template, plain, first=False)
         if len(ids) >= self._context:
             raise InputError(f"prompt is {len(ids)} tokens, the context is {self._context}")
         return ids
@@ -295,7 +311,7 @@ class VLLMOfflineEngine:
 
     def count_tokens(self, text: str) -> int:
         self._load()
-        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+        return len(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids)
 
     def generate(
         self, messages: list[Message], constraint: Constraint, *, max_tokens: int, prefix: int = 0
