@@ -84,6 +84,40 @@ def load_target(spec: str) -> Any:
     return target
 
 
+@dataclass(frozen=True)
+class TargetSource:
+    """Where a target comes from: its spec (a shipped workflow, ``module:attr`` or an absolute
+    ``file.py:attr``) and the node settings file applied to it, so that another process — a Ray
+    actor on this machine or another — loads the same target with the same settings."""
+
+    spec: str
+    config: Path | None = None
+    explicit: bool = True
+    """Whether the user named the settings file (a file found in the working folder may only use
+    tiers on this machine: :func:`agentkit.config.load`)."""
+
+    @classmethod
+    def find(cls, spec: str, config: str | Path | None = None) -> TargetSource:
+        """The source of ``spec`` with ``config`` (default: ``./agentkit.toml`` when it exists), paths
+        made absolute so they mean the same from any working folder."""
+        where, sep, attr = _SHIPPED.get(spec, spec).rpartition(":")
+        if sep and where.endswith(".py"):
+            spec = f"{Path(where).absolute()}:{attr}"
+        found = Path("agentkit.toml") if config is None and Path("agentkit.toml").is_file() else None
+        chosen = Path(config) if config is not None else found
+        return cls(spec, chosen.absolute() if chosen is not None else None, explicit=config is not None)
+
+    def load(self) -> tuple[Any, list[str]]:
+        """The target with its node settings applied, and one line per node the settings changed
+        (:func:`agentkit.config.apply`)."""
+        from agentkit import config as node_config
+
+        target = load_target(self.spec)
+        if self.config is None:
+            return target, []
+        return target, node_config.apply(self.config, nodes_of(target), explicit=self.explicit)
+
+
 def nodes_of(target: Any) -> list[Any]:
     """The agentkit :class:`~agentkit.node.Node` objects in ``target`` (a Node, or the nodes of a
     compiled LangGraph graph), so a config file can be applied to them."""
@@ -179,6 +213,9 @@ class _InputErrorValue(str):
         value = super().__new__(cls, reason)
         value.content = content if isinstance(content, bytes) else _raw(content)
         return value
+
+    def __reduce__(self) -> tuple[type[_InputErrorValue], tuple[str, bytes]]:  # pickled to other processes
+        return (_InputErrorValue, (str(self), self.content))
 
 
 def _file_items(path: Path) -> Iterator[Item]:
@@ -534,6 +571,20 @@ class RunSummary:
         }
 
 
+Executor = Callable[[Any, Sequence[tuple[str, Item]]], Iterable[dict[str, Any]]]
+"""How a batch's inputs are run: given the target and the (resume key, input) pairs to run, it yields
+one record per pair — ``{"key": key} | run_one(...)`` — in any order. A key may come back more than
+once (a distributed executor retries the work of a worker that died): the first record counts. A key
+that never comes back gets a failure record. :func:`run_locally` runs them one by one in this
+process; :class:`agentkit.distributed.RayExecutor` runs them on a Ray cluster."""
+
+
+def run_locally(target: Any, todo: Sequence[tuple[str, Item]], *, debug: bool = False) -> Iterator[dict[str, Any]]:
+    """The default :data:`Executor`: each input in turn, in this process."""
+    for key, item in todo:
+        yield {"key": key} | run_one(target, item, debug=debug)
+
+
 def run_batch(
     target: Any,
     items: Iterable[Item],
@@ -544,12 +595,14 @@ def run_batch(
     on_plan: Callable[[int], None] | None = None,
     retry_failed: bool = False,
     debug: bool = False,
+    executor: Executor | None = None,
 ) -> RunSummary:
     """Run ``target`` on every item not already in ``out`` (matched by resume key); each record is
-    appended (and fsync'd) before the next item starts. Inputs whose last record failed are kept
-    as they are, or run again with ``retry_failed`` (the new record follows the old one, marked
-    ``retried``; the last record of a key is the one that counts). ``on_plan`` is told how many
-    inputs will run. Ctrl-C stops after writing what is done."""
+    appended (and fsync'd) as it comes. Inputs whose last record failed are kept as they are, or run
+    again with ``retry_failed`` (the new record follows the old one, marked ``retried``; the last
+    record of a key is the one that counts). ``on_plan`` is told how many inputs will run.
+    ``executor`` (default: :func:`run_locally`) decides where they run. Ctrl-C stops after writing
+    what is done."""
     items = list(items)
     name, config_hash = target_fingerprint(target)
     keys = resume_keys(items, name, config_hash)
@@ -562,18 +615,20 @@ def run_batch(
         checkpoint.open()
     try:
         last = checkpoint.last if checkpoint is not None else {}
-        todo = []
+        todo: dict[str, Item] = {}
         for key, item in zip(keys, items, strict=True):
             if key in last and (last[key] or not retry_failed):
                 summary.skipped += 1
                 summary.kept_failures += not last[key]
                 continue
             summary.retried += key in last
-            todo.append((key, item))
+            todo[key] = item
         if on_plan:
             on_plan(len(todo))
-        for key, item in todo:
-            record = {"key": key} | run_one(target, item, debug=debug) | {"target": name, "config_hash": config_hash}
+
+        def write(record: dict[str, Any]) -> None:
+            key = record["key"]
+            record = record | {"target": name, "config_hash": config_hash}
             if key in last:
                 record["retried"] = True
             record, line = _encode(record)
@@ -585,6 +640,21 @@ def run_batch(
             summary.records.append(record)
             if on_record:
                 on_record(record)
+
+        records: Iterable[dict[str, Any]]
+        if executor is None:
+            records = run_locally(target, list(todo.items()), debug=debug)
+        else:
+            records = executor(target, list(todo.items()))
+        for record in records:
+            if record.get("key") not in todo:
+                continue  # a second record of an input whose worker died and was retried: the first counts
+            del todo[record["key"]]
+            write(record)
+        for key, item in list(todo.items()):  # nothing came back for these: a record says so
+            reason = "no result came back for this input from the worker that ran it (see the cluster's logs)"
+            write({"key": key, "id": item.id, "ok": False, "reason": reason, "cost_usd": 0.0, "latency_s": 0.0})
+            del todo[key]
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -604,14 +674,17 @@ def _write_text(sink: TextIO, line: str, record: dict[str, Any]) -> None:
 
 __all__ = [
     "Checkpoint",
+    "Executor",
     "Item",
     "RunSummary",
+    "TargetSource",
     "iter_inputs",
     "load_records",
     "load_target",
     "nodes_of",
     "resume_keys",
     "run_batch",
+    "run_locally",
     "run_one",
     "target_fingerprint",
 ]

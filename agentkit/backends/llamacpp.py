@@ -137,6 +137,7 @@ class LlamaCppEngine(TokenEngine):
                 self.model_path,
                 n_ctx=self._n_ctx,
                 n_threads=self._n_threads,
+                n_threads_batch=self._n_threads,  # prompt reading too: its default is every CPU
                 n_batch=self._n_batch,
                 lora_path=str(self.lora_path) if self.lora_path else None,
                 logits_all=False,

@@ -4,6 +4,7 @@ node settings, and the one mapping of library errors to a red one-line message a
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -11,7 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentkit.errors import AgentkitError
 
-__all__ = ["error_console", "exit_on_error", "load", "progress_bar", "say"]
+if TYPE_CHECKING:
+    from agentkit.runner import TargetSource
+
+__all__ = ["error_console", "exit_on_error", "load", "load_source", "progress_bar", "say"]
 
 
 def error_console() -> Console:
@@ -47,14 +51,17 @@ def exit_on_error(err: Console, *, debug: bool = False) -> Iterator[None]:
 
 def load(target: str, config: Path | None, err: Console) -> object:
     """The target with its node settings applied (``--config``, or ``./agentkit.toml`` if present)."""
-    from agentkit import config as node_config
-    from agentkit.runner import load_target, nodes_of
+    return load_source(target, config, err)[1]
+
+
+def load_source(target: str, config: Path | None, err: Console) -> "tuple[TargetSource, object]":
+    """Where the target comes from (for processes that load it again: Ray actors) and the target, loaded
+    as :func:`load` does."""
+    from agentkit.runner import TargetSource
 
     with exit_on_error(err):
-        loaded = load_target(target)
-        path = config or (Path("agentkit.toml") if Path("agentkit.toml").is_file() else None)
-        if path is not None:
-            configured = node_config.apply(path, nodes_of(loaded), explicit=config is not None)
-            if configured:
-                say(err, f"settings from {path} applied to: {', '.join(configured)}")
-    return loaded
+        source = TargetSource.find(target, config)
+        loaded, configured = source.load()
+    if configured:
+        say(err, f"settings from {source.config} applied to: {', '.join(configured)}")
+    return source, loaded

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agentkit.cli._common import error_console, exit_on_error, load, progress_bar, say
+from agentkit.cli._common import error_console, exit_on_error, load_source, progress_bar, say
 
 __all__ = ["run"]
 
@@ -20,12 +20,28 @@ def run(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="raise errors with their stack trace")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="node settings (default ./agentkit.toml)")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", help="run on Ray: local (start one here), auto, or HOST:PORT"),
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option("--actors", min=1, help="Ray actors (default: CPUs // --actor-cpus)")
+    ] = None,
+    actor_cpus: Annotated[
+        float, typer.Option("--actor-cpus", min=0.01, help="CPUs (and llama.cpp threads) per Ray actor")
+    ] = 1.0,
+    actor_gpus: Annotated[float, typer.Option("--actor-gpus", min=0.0, help="GPUs per Ray actor")] = 0.0,
 ) -> None:
     """Run a workflow or node over inputs: one JSON line per input, then a summary."""
     from agentkit.runner import iter_inputs, run_batch
 
     err = error_console()
-    graph = load(target, config, err)
+    source, graph = load_source(target, config, err)
+    executor = None
+    if ray is not None:
+        from agentkit.distributed import RayExecutor
+
+        executor = RayExecutor(source, address=ray, actors=actors, actor_cpus=actor_cpus, actor_gpus=actor_gpus)
     items = list(iter_inputs(inputs))
     with exit_on_error(err, debug=debug), progress_bar(err) as progress:
         bar = progress.add_task(target, total=None)
@@ -37,6 +53,7 @@ def run(
             on_record=lambda r: progress.advance(bar),
             retry_failed=retry_failed,
             debug=debug,
+            executor=executor,
         )
     figures = summary.figures()
     table = Table("items", "ok", "failed", "escalated", "cost", "per item", "p50", "p95", title="agentkit run")
