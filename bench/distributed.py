@@ -1,7 +1,8 @@
 """Scale-out: `agentkit run` in one process vs `agentkit run --ray` with 1 and 2 actors, side by side.
 
-    python bench/distributed.py classify --limit 120
+    python bench/distributed.py classify --limit 60
     python bench/distributed.py invoice --limit 12
+    python bench/distributed.py knn --limit 1000 --configs run,ray1,ray2
 
 Each configuration is the real command line, timed as a whole (model loading and Ray's start
 included), on the same inputs, one after another (never two at once):
@@ -14,10 +15,12 @@ included), on the same inputs, one after another (never two at once):
 
 ``classify``: SMS spam (the test side of ../shared/datasets/sms_spam_collection's split) on the
 embedded 0.5B → 1.5B ladder with 8 retrieved examples from the train side. ``invoice``: the shipped
-invoice workflow on SROIE receipts (test side). Accuracy is printed beside each configuration. Ends
-with one JSON line: ``n``, ``items_per_min_run``, ``items_per_min_1``, ``items_per_min_2``, ``scaling``
-(2 actors vs 1), ``overhead_vs_run`` (Ray with 1 actor vs ``agentkit run``, as extra time), ``lost``,
-``duplicated``.
+invoice workflow on SROIE receipts (test side). ``knn``: the SMS task on the model-free ``knn`` tier:
+what a batch costs besides the models (reading, keys, Ray, writing).
+
+Accuracy is printed beside each configuration. Ends with one JSON line: ``n``, ``items_per_min_run``,
+``items_per_min_1``, ``items_per_min_2``, ``scaling`` (2 actors vs 1), ``overhead_vs_run`` (Ray with 1
+actor vs ``agentkit run``, as extra time), ``lost``, ``duplicated``.
 """
 
 from __future__ import annotations
@@ -109,24 +112,24 @@ def run_config(name: str, command: list[str], env: dict[str, str], out: Path, n:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workload", choices=["classify", "invoice"])
+    p.add_argument("workload", choices=["classify", "invoice", "knn"])
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default="run,ray1,ray2,faults", help="which configurations, in this order")
     args = p.parse_args()
-    default = "sms_spam_collection/dev.jsonl" if args.workload == "classify" else "sroie2019/dev.jsonl"
+    default = "sroie2019/dev.jsonl" if args.workload == "invoice" else "sms_spam_collection/dev.jsonl"
     args.data = args.data or DATASETS / default
     records = list(read_jsonl(args.data))
     items = sample(split_records(records, seed=args.seed).test, args.limit, seed=args.seed)
     n = len(items)
-    target = f"{TARGETS}:sms" if args.workload == "classify" else "invoice"
+    target = {"classify": f"{TARGETS}:sms", "knn": f"{TARGETS}:sms_knn", "invoice": "invoice"}[args.workload]
     if args.workload == "invoice":
         scoring = _workflows_bench()
         _, gold, fields = scoring.invoice_items(args.data, args.limit, args.seed)
 
     def accuracy(by_id: dict) -> float:
-        if args.workload == "classify":
+        if args.workload != "invoice":
             return sum((by_id[r["id"]].get("value") == r["expected"]) for r in items) / n
         right = 0
         for r in items:

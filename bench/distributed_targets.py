@@ -2,6 +2,8 @@
 
 ``sms``: SMS spam on the default ladder (embedded 0.5B → 1.5B), 8 examples retrieved from the train
 side of ``$BENCH_DATA``'s split (``$BENCH_SEED``); the benchmark's inputs are its test side.
+``sms_knn``: the same task on the ``knn`` tier alone (a BM25 vote, no model): what a batch costs
+besides the models.
 """
 
 import os
@@ -15,15 +17,13 @@ _DATA = Path(
 )
 _TRAIN = split_records(list(read_jsonl(_DATA)), seed=int(os.environ.get("BENCH_SEED", "0"))).train
 
-sms = Node(
-    Classify(
-        ["ham", "spam"],
-        instructions=(
-            "Is this SMS message spam (unsolicited advertising, prizes, scams) or ham (a normal personal message)?"
-        ),
-        examples=_TRAIN,
-        k=8,
+_TASK = Classify(
+    ["ham", "spam"],
+    instructions=(
+        "Is this SMS message spam (unsolicited advertising, prizes, scams) or ham (a normal personal message)?"
     ),
-    DEFAULT_LADDER,
-    name="sms",
+    examples=_TRAIN,
+    k=8,
 )
+sms = Node(_TASK, DEFAULT_LADDER, name="sms")
+sms_knn = Node(_TASK, ["knn"], name="sms_knn")
