@@ -75,7 +75,7 @@ class Node:
             name: node name in traces and graphs (default: the task kind).
             input: where the input is in a graph state.
             output: state key for the value (default: ``name``).
-            meta: optional state key for ``{ok, tier, confidence, reason, cost_usd}``.
+            meta: optional state key for ``{ok, needs_review, tier, confidence, reason, cost_usd}``.
             trace: a JSONL path or Trace that receives every result.
         """
         if not tiers:
@@ -173,6 +173,8 @@ class Node:
             attempt = result.attempts[decision.index]
             result.ok, result.value, result.confidence = True, attempt.value, attempt.confidence
             result.tier, result.accepted = attempt.tier, decision.how
+            if result.needs_review:  # why no tier was trusted (an extraction's attempts name its weak fields)
+                result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
             return result
         result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
         if decision.action == "abstain":
@@ -303,6 +305,7 @@ class Node:
         if self.meta:
             update[self.meta] = {
                 "ok": result.ok,
+                "needs_review": result.needs_review,
                 "tier": result.tier,
                 "confidence": result.confidence,
                 "reason": result.reason,

@@ -54,11 +54,27 @@ class Result:
     """The tier whose answer was accepted (None on failure)."""
     accepted: Literal["confident", "below_threshold", "no_confidence", "abstained", ""] = ""
     reason: str = ""
-    """On failure: every attempt's reason, joined."""
+    """On failure, and for an answer that needs review: every attempt's reason, joined."""
     attempts: list[Attempt] = field(default_factory=list)
     input_id: str | None = None
     input_text: str = ""
     config_hash: str = ""
+
+    @property
+    def needs_review(self) -> bool:
+        """Accepted although no tier cleared the threshold (``accepted == "below_threshold"``, the policy's
+        ``when_unsure="best"``): the best answer there was, for a person to check; ``reason`` says why."""
+        return self.ok and self.accepted == "below_threshold"
+
+    @property
+    def status(self) -> Literal["accepted", "needs_review", "abstained", "failed"]:
+        """How the input ended: an answer accepted as confident (or validated at the last tier when it gives
+        no confidence), one that :attr:`needs_review`, an abstention, or a failure."""
+        if not self.ok:
+            return "failed"
+        if self.accepted == "abstained":
+            return "abstained"
+        return "needs_review" if self.needs_review else "accepted"
 
     @property
     def escalated(self) -> bool:
@@ -80,7 +96,7 @@ class Result:
         """A JSON-able dict: the line written to a trace file. ``keep_input=False``: the input's sha256
         and length (``input_sha256``, ``input_chars``) in place of its text (``input_text``)."""
         rec = asdict(self)
-        rec.update(escalated=self.escalated, cost_usd=self.cost_usd, latency_s=self.latency_s)
+        rec.update(status=self.status, escalated=self.escalated, cost_usd=self.cost_usd, latency_s=self.latency_s)
         if not keep_input:
             text = rec.pop("input_text")
             rec["input_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

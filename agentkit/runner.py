@@ -344,6 +344,7 @@ def run_one(target: Any, item: Item, *, debug: bool = False) -> dict[str, Any]:
                 result = target.run(_as_text(item.value), input_id=input_id)
                 record |= {
                     "ok": result.ok,
+                    "status": result.status,
                     "value": result.value,
                     "tier": result.tier,
                     "confidence": result.confidence,

@@ -32,8 +32,9 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts, escalation rate, answers per tier, cost and latency of result records (``ok``,
-    ``escalated``, ``tier``, ``cost_usd``, ``latency_s``: :meth:`Result.to_record` or ``agentkit run``'s lines)."""
+    """Counts, escalation rate, answers per tier, cost and latency of result records (``ok``, ``status``,
+    ``escalated``, ``tier``, ``cost_usd``, ``latency_s``: :meth:`Result.to_record` or ``agentkit run``'s lines).
+    ``needs_review`` counts the answers that are ``ok`` but marked for a person (``status: "needs_review"``)."""
     n = len(records)
     per_tier: dict[str, int] = {}
     for r in records:
@@ -44,6 +45,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "items": n,
         "ok": sum(bool(r.get("ok")) for r in records),
+        "needs_review": sum(bool(r.get("ok")) and r.get("status") == "needs_review" for r in records),
         "failed": sum(not r.get("ok") for r in records),
         "escalation_rate": sum(bool(r.get("escalated")) for r in records) / n if n else 0.0,
         "answered_by_tier": per_tier,

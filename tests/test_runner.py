@@ -118,6 +118,27 @@ def test_a_record_says_why_a_node_escalated(tmp_path):
     (node,) = summary.records[0]["nodes"]
     assert summary.records[0]["escalated"] and node["tier"] == "large"
     assert node["escalated_because"] == ["small: low_confidence: confidence 0.550 < threshold 0.8"]
+    assert summary.records[0]["status"] == "accepted"
+
+
+def test_an_answer_no_tier_is_sure_of_is_marked_for_review(tmp_path):
+    """Fake tiers (named as such): both made unsure, which no real model does on demand. The policy's
+    default (``when_unsure="best"``) keeps the best answer; it is ok, but for a person to check."""
+    from agentkit import Classify, Node, Tier
+    from agentkit.testing import FakeEngine
+
+    tiers = [Tier(spec=f"fake:{n}", name=n, engine=FakeEngine(replies=["spam"], confidence=c))
+             for n, c in (("small", 0.55), ("large", 0.6))]  # fmt: skip
+    node = Node(Classify(["ham", "spam"]), tiers, meta="meta", output="label")
+    result = node.run("free prize")
+    assert result.ok and result.needs_review and result.status == "needs_review" and result.tier == "large"
+    assert "small: low_confidence" in result.reason and "large: low_confidence" in result.reason
+    assert result.to_record()["status"] == "needs_review"
+    assert node({"input": "free prize"})["meta"]["needs_review"] is True
+    summary = run_batch(node, [Item("x", "free prize"), Item("y", "")], None, stream=io.StringIO())
+    assert [r["status"] for r in summary.records] == ["needs_review", "failed"]
+    figures = summary.figures()
+    assert (figures["ok"], figures["needs_review"], figures["failed"]) == (1, 1, 1)
 
 
 def test_a_torn_last_line_is_dropped_and_redone(tmp_path):

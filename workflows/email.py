@@ -236,14 +236,17 @@ def build(
             why = reason or (state.get("category_meta") or {}).get("reason", "")
             output = {"category": state.get("category") or "other", "outcome": outcome, "reason": why}
             output |= state.get("email", {}) | {k: state.get(v) for k, v in extra.items()}
-            return {"output": output, "ok": True, "status": outcome, "reason": why}
+            status = "needs_review" if outcome == "flagged" else outcome  # agentkit run counts it for a person
+            return {"output": output, "ok": True, "status": status, "reason": why}
 
         return finish
 
     def after_extract(state: EmailState) -> dict[str, Any]:
+        meta = state.get("invoice_meta") or {}
         if state.get("invoice") is None:
-            why = (state.get("invoice_meta") or {}).get("reason", "")
-            return done("flagged", f"invoice not extracted: {why[:200]}", invoice="invoice")(state)
+            return done("flagged", f"invoice not extracted: {meta.get('reason', '')[:200]}", invoice="invoice")(state)
+        if meta.get("needs_review"):
+            return done("flagged", f"invoice fields not certain: {meta['reason'][:200]}", invoice="invoice")(state)
         return done("extracted", invoice="invoice")(state)
 
     def after_answer(state: EmailState) -> dict[str, Any]:

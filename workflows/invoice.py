@@ -373,6 +373,8 @@ def build(
     def finish(state: InvoiceState) -> dict[str, Any]:
         meta = state.get("invoice_meta") or {}
         if state.get("invoice") is not None:
+            if meta.get("needs_review"):  # no tier was confident: the best reading, marked for a person
+                return {"output": state["invoice"], "ok": True, "status": "needs_review", "reason": meta["reason"]}
             return {"output": state["invoice"], "ok": True, "status": "extracted", "reason": ""}
         return {"output": None, "ok": False, "status": "failed", "reason": meta.get("reason", "not extracted")}
 

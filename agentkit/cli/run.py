@@ -56,11 +56,15 @@ def run(
             executor=executor,
         )
     figures = summary.figures()
-    table = Table("items", "ok", "failed", "escalated", "cost", "per item", "p50", "p95", title="agentkit run")
+    columns = ("items", "accepted", "needs review", "failed", "escalated", "cost", "per item", "p50", "p95")
+    table = Table(*columns, title="agentkit run")
+    n = figures["items"] or 1
+    accepted = figures["ok"] - figures["needs_review"]
     table.add_row(
         str(figures["items"]),
-        str(figures["ok"]),
-        str(figures["failed"]),
+        f"{accepted} ({accepted / n:.0%})",
+        f"{figures['needs_review']} ({figures['needs_review'] / n:.0%})",
+        f"{figures['failed']} ({figures['failed'] / n:.0%})",
         f"{figures['escalation_rate']:.1%}",
         f"${figures['cost_usd']:.6f}",
         f"${figures['cost_per_item_usd']:.7f}",
