@@ -89,6 +89,7 @@ class RayExecutor:
         context.enable_progress_bars = False  # agentkit run shows its own
         context.max_errored_blocks = -1  # a block that fails every retry: its inputs are run again, alone
         context.print_on_execution_start = False
+        _check_fits(ray, self.actor_cpus, self.actor_gpus)
         actors = self.actors or max(1, int(ray_cpus(ray) // max(self.actor_cpus, 1e-9)))
         rows: dict[str, dict[str, Any]] = {key: {"key": key, "item": pickle.dumps(item)} for key, item in todo}
         blocks = max(1, min(len(rows), actors * 16, math.ceil(len(rows) / self.batch_size)))
@@ -160,6 +161,18 @@ class _Worker:
 def ray_cpus(ray: Any) -> float:
     """The CPUs of the cluster ``ray`` is connected to."""
     return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def _check_fits(ray: Any, cpus: float, gpus: float) -> None:
+    """An actor that no node can hold would wait for one for ever: refuse it now."""
+    nodes: list[dict[str, float]] = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= gpus for n in nodes):
+        largest: dict[str, float] = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+        raise ConfigError(
+            f"no node of the cluster has {cpus:g} CPUs and {gpus:g} GPUs for an actor "
+            f"(the largest has {largest.get('CPU', 0.0):g} CPUs, {largest.get('GPU', 0.0):g} GPUs)",
+            hint="lower --actor-cpus / --actor-gpus, or add larger nodes",
+        )
 
 
 def _import_ray(*, local: bool) -> Any:

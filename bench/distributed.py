@@ -4,8 +4,9 @@
     python bench/distributed.py invoice --limit 12
     python bench/distributed.py knn --limit 1000 --configs run,ray1,ray2
 
-Each configuration is the real command line, timed as a whole (model loading and Ray's start
-included), on the same inputs, one after another (never two at once):
+Each configuration is the real command line, timed as a whole (model loading and Ray's start included),
+on the same inputs, one after another (never two at once), run from the repository root (Ray's workers
+import from the driver's working folder, where ``bench/workflows.py`` would stand for ``workflows``):
 
 - ``run``: ``agentkit run`` with llama.cpp on 1 thread (``AGENTKIT_THREADS=1``);
 - ``ray1`` / ``ray2``: ``agentkit run --ray local --actors 1|2`` (1 CPU and 1 llama.cpp thread per actor);
@@ -87,12 +88,12 @@ def run_config(name: str, command: list[str], env: dict[str, str], out: Path, n:
     """Seconds the command took (with ``faults``: both runs, kills included)."""
     t0 = time.perf_counter()
     if not faults:
-        done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode not in (0, 1):  # 1: some inputs failed (their records say why)
             raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
         return time.perf_counter() - t0
     with (out.parent / f"{name}.log").open("wb") as log:
-        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        driver = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         while _lines(out) < n // 3 and driver.poll() is None:
             time.sleep(0.05)
         pids = _actor_pids()
@@ -104,7 +105,7 @@ def run_config(name: str, command: list[str], env: dict[str, str], out: Path, n:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         print(f"  {name}: killed the driver at {_lines(out)} records; running again", file=sys.stderr)
-    again = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    again = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if again.returncode not in (0, 1):
         raise SystemExit(f"{name} (resumed) failed: {again.stderr[-2000:]}")
     return time.perf_counter() - t0

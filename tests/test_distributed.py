@@ -261,3 +261,10 @@ def test_a_real_model_node_on_ray_answers_as_it_does_locally(ray_cluster, small,
         assert r["ok"] and r["value"] == local[i]["value"] and r["tier"] == local[i]["tier"]
         assert abs(r["confidence"] - local[i]["confidence"]) < 0.05  # llama.cpp scores move slightly with batching
     assert {r["value"] for r in on_ray.values()} == {"ham", "spam"}
+
+
+def test_an_actor_no_node_can_hold_is_refused_at_once(ray_cluster, flow, tmp_path):
+    source = TargetSource.find(f"{flow}:graph")
+    target, _ = source.load()
+    with pytest.raises(AgentkitError, match="no node of the cluster has 4 CPUs"):
+        run_batch(target, [Item("x", "hi")], tmp_path / "o.jsonl", executor=_ray(source, ray_cluster, actor_cpus=4))
