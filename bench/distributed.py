@@ -2,7 +2,7 @@
 
     python bench/distributed.py classify --limit 60
     python bench/distributed.py invoice --limit 12
-    python bench/distributed.py knn --limit 1000 --configs run,ray1,ray2
+    python bench/distributed.py knn --limit 1000 --repeat 20 --configs run,ray1,ray2
 
 Each configuration is the real command line, timed as a whole (model loading and Ray's start included),
 on the same inputs, one after another (never two at once), run from the repository root (Ray's workers
@@ -17,7 +17,8 @@ import from the driver's working folder, where ``bench/workflows.py`` would stan
 ``classify``: SMS spam (the test side of ../shared/datasets/sms_spam_collection's split) on the
 embedded 0.5B → 1.5B ladder with 8 retrieved examples from the train side. ``invoice``: the shipped
 invoice workflow on SROIE receipts (test side). ``knn``: the SMS task on the model-free ``knn`` tier:
-what a batch costs besides the models (reading, keys, Ray, writing).
+what a batch costs besides the models (reading, keys, Ray, writing); ``--repeat R`` runs each input R
+times (each repeat is its own input with its own record), for a batch long enough to outweigh Ray's start.
 
 Accuracy is printed beside each configuration. Ends with one JSON line: ``n``, ``items_per_min_run``,
 ``items_per_min_1``, ``items_per_min_2``, ``scaling`` (2 actors vs 1), ``overhead_vs_run`` (Ray with 1
@@ -118,12 +119,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default="run,ray1,ray2,faults", help="which configurations, in this order")
+    p.add_argument("--repeat", type=int, default=1, help="run each input this many times (each its own record)")
     args = p.parse_args()
     default = "sroie2019/dev.jsonl" if args.workload == "invoice" else "sms_spam_collection/dev.jsonl"
     args.data = args.data or DATASETS / default
     records = list(read_jsonl(args.data))
     items = sample(split_records(records, seed=args.seed).test, args.limit, seed=args.seed)
-    n = len(items)
+    n = len(items) * args.repeat
     target = {"classify": f"{TARGETS}:sms", "knn": f"{TARGETS}:sms_knn", "invoice": "invoice"}[args.workload]
     if args.workload == "invoice":
         scoring = _workflows_bench()
@@ -131,7 +133,7 @@ def main() -> None:
 
     def accuracy(by_id: dict) -> float:
         if args.workload != "invoice":
-            return sum((by_id[r["id"]].get("value") == r["expected"]) for r in items) / n
+            return sum((by_id[r["id"]].get("value") == r["expected"]) for r in items) / len(items)
         right = 0
         for r in items:
             out = by_id[r["id"]].get("value") or {}
@@ -141,14 +143,14 @@ def main() -> None:
                 for f, o in fields.items()
                 if g.get(f) not in (None, "")
             )
-        return right / n
+        return right / len(items)
 
     env = dict(os.environ, AGENTKIT_THREADS="1", BENCH_DATA=str(args.data), BENCH_SEED=str(args.seed),
                PYTHONPATH=str(ROOT))  # fmt: skip
     figures: dict[str, dict] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = _write_inputs(items, Path(tmp))
+        inputs = _write_inputs(items * args.repeat, Path(tmp))
         for name in args.configs.split(","):
             out = Path(tmp) / f"{name}.jsonl"
             command = [str(AGENTKIT), "run", target, str(inputs), "--out", str(out)]
@@ -159,7 +161,7 @@ def main() -> None:
             found = _records(out)
             per_key = Counter(r["key"] for r in found)
             last = {r["id"]: r for r in found}
-            lost = sum(1 for r in items if r["id"] not in last)
+            lost = n - len(per_key)  # every input has its own key, repeats included
             duplicated = sum(1 for count in per_key.values() if count > 1)
             acc = accuracy(last) if not lost else float("nan")
             figures[name] = {"s": seconds, "items_per_min": n / seconds * 60, "acc": acc, "lost": lost,
