@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentkit.errors import AgentkitError, ConfigError
-from agentkit.runner import Item, TargetSource, _encode, run_one, target_fingerprint
+from agentkit.runner import Item, TargetSource, encode_record, run_one, target_fingerprint
 
-__all__ = ["RayExecutor", "ray_cpus"]
+__all__ = ["RayExecutor"]
 
 
 @dataclass
@@ -90,12 +90,13 @@ class RayExecutor:
         context.max_errored_blocks = -1  # a block that fails every retry: its inputs are run again, alone
         context.print_on_execution_start = False
         _check_fits(ray, self.actor_cpus, self.actor_gpus)
-        actors = self.actors or max(1, int(ray_cpus(ray) // max(self.actor_cpus, 1e-9)))
+        actors = self.actors or max(1, int(_cluster_cpus(ray) // max(self.actor_cpus, 1e-9)))
         rows: dict[str, dict[str, Any]] = {key: {"key": key, "item": pickle.dumps(item)} for key, item in todo}
         blocks = max(1, min(len(rows), actors * 16, math.ceil(len(rows) / self.batch_size)))
-        yield from self._pass(ray, target, rows, blocks, actors, self.batch_size)
-        if rows:  # blocks that failed every retry lost every input in them: those go again, one a task
-            yield from self._pass(ray, target, rows, len(rows), actors, 1)
+        yield from self._pass(ray, target, rows, blocks, actors, self.batch_size, in_flight=None)
+        if rows:  # blocks that failed every retry lost every input in them: those go again, one a task and one
+            # task an actor at a time, so that an input that kills its actor takes no other input with it
+            yield from self._pass(ray, target, rows, len(rows), actors, 1, in_flight=1)
         tries = self.max_retries + 1
         for key, row in rows.items():
             item: Item = pickle.loads(row["item"])
@@ -103,7 +104,15 @@ class RayExecutor:
             yield {"key": key, "id": item.id, "ok": False, "reason": reason, "cost_usd": 0.0, "latency_s": 0.0}
 
     def _pass(
-        self, ray: Any, target: Any, rows: dict[str, dict[str, Any]], blocks: int, actors: int, batch_size: int
+        self,
+        ray: Any,
+        target: Any,
+        rows: dict[str, dict[str, Any]],
+        blocks: int,
+        actors: int,
+        batch_size: int,
+        *,
+        in_flight: int | None,
     ) -> Iterator[dict[str, Any]]:
         """Map ``rows`` through the actor pool; yield each record once and take its row out of ``rows``."""
         from ray.data import ActorPoolStrategy
@@ -122,7 +131,7 @@ class RayExecutor:
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ActorPoolStrategy(size=min(actors, blocks)),
+                compute=ActorPoolStrategy(size=min(actors, blocks), max_tasks_in_flight_per_actor=in_flight),
                 num_cpus=self.actor_cpus,
                 num_gpus=self.actor_gpus or None,
                 max_restarts=-1,  # a dead actor is replaced
@@ -152,13 +161,13 @@ class _Worker:
         keys, records = [], []
         for key, blob in zip(batch["key"], batch["item"], strict=True):
             item: Item = pickle.loads(blob)
-            _, line = _encode({"key": str(key)} | run_one(self.target, item))
+            _, line = encode_record({"key": str(key)} | run_one(self.target, item))
             keys.append(str(key))
             records.append(line)
         return {"key": keys, "record": records}
 
 
-def ray_cpus(ray: Any) -> float:
+def _cluster_cpus(ray: Any) -> float:
     """The CPUs of the cluster ``ray`` is connected to."""
     return float(ray.cluster_resources().get("CPU", 1.0))
 

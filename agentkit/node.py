@@ -168,15 +168,16 @@ class Node:
 
     def _conclude(self, result: Result, decision: Decision) -> Result:
         """``result`` as ``decision`` makes it."""
+        why = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
         if decision.action == "accept":
             assert decision.index is not None
             attempt = result.attempts[decision.index]
             result.ok, result.value, result.confidence = True, attempt.value, attempt.confidence
             result.tier, result.accepted = attempt.tier, decision.how
             if result.needs_review:  # why no tier was trusted (an extraction's attempts name its weak fields)
-                result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
+                result.reason = why
             return result
-        result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
+        result.reason = why
         if decision.action == "abstain":
             result.ok, result.accepted = True, "abstained"
             # a tier's own abstention keeps what it saw (the passages it retrieved); else the task's

@@ -409,7 +409,7 @@ def _workflow_record(state: Any) -> dict[str, Any]:
     return {"ok": bool(ok), "status": state.get("status"), "value": state.get("output"), "reason": reason}
 
 
-def _encode(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def encode_record(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The record and its JSON line. A record that cannot be written as JSON (keys that are not
     strings, a circular value) becomes a failure record saying so; text that is not valid UTF-8
     (a lone surrogate in an id or a file name) is written escaped, so the line is always UTF-8."""
@@ -632,7 +632,7 @@ def run_batch(
             record = record | {"target": name, "config_hash": config_hash}
             if key in last:
                 record["retried"] = True
-            record, line = _encode(record)
+            record, line = encode_record(record)
             if checkpoint is not None:
                 checkpoint.write(line)
                 last[key] = bool(record["ok"])
@@ -679,6 +679,7 @@ __all__ = [
     "Item",
     "RunSummary",
     "TargetSource",
+    "encode_record",
     "iter_inputs",
     "load_records",
     "load_target",
