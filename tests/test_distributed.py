@@ -162,9 +162,8 @@ def test_a_workflow_on_two_actors_gives_the_records_of_agentkit_run(ray_cluster,
     target, _ = source.load()
     local = run_batch(target, items, tmp_path / "local.jsonl")
     (tmp_path / "ran.txt").unlink()
-    on_ray = run_batch(
-        target, items, tmp_path / "ray.jsonl", executor=_ray(source, ray_cluster, actors=2, batch_size=4)
-    )
+    executor = _ray(source, ray_cluster, actors=2, batch_size=4)
+    on_ray = run_batch(target, items, tmp_path / "ray.jsonl", executor=executor)
     assert local.figures()["items"] == on_ray.figures()["items"] == 304
     by_key = {r["key"]: r for r in _records(tmp_path / "local.jsonl")}
     ray_records = _records(tmp_path / "ray.jsonl")
@@ -173,6 +172,12 @@ def test_a_workflow_on_two_actors_gives_the_records_of_agentkit_run(ray_cluster,
     assert sum(r["ok"] for r in ray_records) == 303  # the missing file is a failure record, on Ray too
     pids = {line for line in (tmp_path / "ran.txt").read_text().splitlines()}
     assert len(pids) == 2 and str(os.getpid()) not in pids  # two actors did the work, not the driver
+    # the keys are agentkit run's: a file it began is finished by a Ray run
+    half = tmp_path / "half.jsonl"
+    run_batch(target, items[:150], half)
+    finished = run_batch(target, items, half, executor=executor)
+    assert finished.skipped == 150 and len(finished.records) == 154
+    assert sorted(r["key"] for r in _records(half)) == sorted(by_key)
 
 
 def test_an_actor_killed_mid_run_loses_nothing_and_writes_nothing_twice(ray_cluster, flow, tmp_path):

@@ -23,10 +23,12 @@ SPAM = "WINNER!! You have won a 1000 pound cash prize. Call 09061701461 now to c
 def run_check(vllm_env, out, *adapter):
     """tests/vllm_offline_check.py in the vLLM environment; its results (a JSON file)."""
     python, hf = vllm_env
-    done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), *map(str, adapter)],
-        capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT, timeout=900,
-    )  # fmt: skip
+    command = [str(python), str(ROOT / "tests" / "vllm_offline_check.py"), str(hf), str(out), *map(str, adapter)]
+    for _ in range(2):  # vLLM's CPU build now and then aborts while it starts its engine (seen once in three runs)
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **VLLM_ENV}, cwd=ROOT,
+                              timeout=900)  # fmt: skip
+        if not (done.returncode == -6 and "terminate called without an active exception" in done.stderr):
+            break
     said = f"{done.stdout[-3000:]}\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"exit {done.returncode} with {_available()} free:\n{said}"
     return json.loads(out.read_text())
