@@ -56,20 +56,19 @@ def run(
             executor=executor,
         )
     figures = summary.figures()
-    columns = ("items", "accepted", "needs review", "failed", "escalated", "cost", "per item", "p50", "p95")
-    table = Table(*columns, title="agentkit run")
     n = figures["items"] or 1
     accepted = figures["ok"] - figures["needs_review"]
+    columns = ("items", "accepted", "review", "failed", "escalated", "cost", "p50", "p95")
+    table = Table(*columns, title="agentkit run", caption="review: accepted below the threshold, for a person")
     table.add_row(
         str(figures["items"]),
-        f"{accepted} ({accepted / n:.0%})",
-        f"{figures['needs_review']} ({figures['needs_review'] / n:.0%})",
-        f"{figures['failed']} ({figures['failed'] / n:.0%})",
-        f"{figures['escalation_rate']:.1%}",
+        f"{accepted} {accepted / n:.0%}",
+        f"{figures['needs_review']} {figures['needs_review'] / n:.0%}",
+        f"{figures['failed']} {figures['failed'] / n:.0%}",
+        f"{figures['escalation_rate']:.0%}",
         f"${figures['cost_usd']:.6f}",
-        f"${figures['cost_per_item_usd']:.7f}",
-        f"{figures['latency_p50_s']:.2f} s",
-        f"{figures['latency_p95_s']:.2f} s",
+        f"{figures['latency_p50_s']:.1f} s",
+        f"{figures['latency_p95_s']:.1f} s",
     )
     err.print(table)
     if summary.skipped:
