@@ -50,12 +50,18 @@ class Item:
     path: str | None = None
 
 
-def load_target(spec: str) -> Any:
-    """A shipped workflow name, ``module.path:attr`` or ``path/to/file.py:attr`` (like langgraph.json)."""
+def _split_target(spec: str) -> tuple[str, str]:
+    """A target spec as (where, attribute): a shipped workflow name resolved, else ``where:attr``."""
     spec = _SHIPPED.get(spec, spec)
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise ConfigError(f"cannot load {spec!r}", hint=f"one of {sorted(_SHIPPED)} or path/to/file.py:graph")
+    return where, attr
+
+
+def load_target(spec: str) -> Any:
+    """A shipped workflow name, ``module.path:attr`` or ``path/to/file.py:attr`` (like langgraph.json)."""
+    where, attr = _split_target(spec)
     if where.endswith(".py"):
         file = Path(where)
         if not file.is_file():
@@ -100,8 +106,8 @@ class TargetSource:
     def find(cls, spec: str, config: str | Path | None = None) -> TargetSource:
         """The source of ``spec`` with ``config`` (default: ``./agentkit.toml`` when it exists), paths
         made absolute so they mean the same from any working folder."""
-        where, sep, attr = _SHIPPED.get(spec, spec).rpartition(":")
-        if sep and where.endswith(".py"):
+        where, attr = _split_target(spec)
+        if where.endswith(".py"):
             spec = f"{Path(where).absolute()}:{attr}"
         found = Path("agentkit.toml") if config is None and Path("agentkit.toml").is_file() else None
         chosen = Path(config) if config is not None else found
