@@ -28,6 +28,7 @@ __all__ = [
     "occurs_in",
     "parse_amount",
     "parse_date",
+    "printed_span",
     "read_jsonl",
     "sample",
     "split_of",
@@ -265,6 +266,39 @@ def occurs_in(value: str, text: str, *, min_ratio: float = 0.9) -> bool:
     window = b[start : longest.b - longest.a + len(a) + slack]
     matched = sum(m.size for m in difflib.SequenceMatcher(None, a, window, autojunk=False).get_matching_blocks())
     return matched >= min_ratio * len(a)
+
+
+def printed_span(value: str, text: str, *, min_ratio: float = 0.9) -> str | None:
+    """The run of words printed in ``text`` (its lines joined with spaces) that ``value`` is a copy of, up to
+    case, spacing, punctuation and a few slips (at least ``min_ratio`` alike in letters and digits): what a
+    model meant to copy, as printed. ``None`` when nothing printed is that close. Of equally close runs, the
+    one closest to ``value`` with its punctuation."""
+    key = word_key(value)
+    if not key:
+        return None
+    words = " ".join(line.strip() for line in text.splitlines() if line.strip()).split(" ")
+    keys = [word_key(w) for w in words]
+    best: tuple[float, float, str] | None = None
+    for i in range(len(words)):
+        if not keys[i] or keys[i][0] != key[0] and (len(key) < 2 or keys[i][0] != key[1]):
+            continue  # a copy starts where the value starts (a first letter may be lost or added)
+        span = ""
+        for j in range(i, len(words)):
+            span += keys[j]
+            if len(span) > len(key) * 1.25 + 2:
+                break
+            if len(span) < len(key) * 0.75:
+                continue
+            matcher = difflib.SequenceMatcher(None, key, span, autojunk=False)
+            if matcher.real_quick_ratio() < min_ratio or matcher.quick_ratio() < min_ratio:
+                continue
+            ratio = matcher.ratio()
+            if ratio >= min_ratio:
+                printed = " ".join(words[i : j + 1])
+                alike = difflib.SequenceMatcher(None, normalize_text(value), normalize_text(printed)).ratio()
+                if best is None or (ratio, alike) > best[:2]:
+                    best = (ratio, alike, printed)
+    return best[2] if best else None
 
 
 def _overlapping(pattern: re.Pattern[str], text: str) -> Iterator[str]:

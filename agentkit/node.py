@@ -158,13 +158,7 @@ class Node:
         elif verdict == "unscored":
             attempt.reason = "tier gives no confidence; not accepted before the last tier"
         else:
-            assert attempt.confidence is not None
-            attempt.reason = f"confidence {attempt.confidence:.3f} < threshold {self.policy.threshold}"
-            fields = attempt.details.get("field_confidence") or {}  # an extraction: say which fields
-            counted = {f: c for f, c in fields.items() if f not in attempt.details.get("settled_fields", ())}
-            weak = sorted((c, f) for f, c in counted.items() if c < self.policy.threshold)
-            if weak:
-                attempt.reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"
+            attempt.reason = _below(attempt, self.policy.threshold, "threshold")
 
     def _conclude(self, result: Result, decision: Decision) -> Result:
         """``result`` as ``decision`` makes it."""
@@ -175,7 +169,9 @@ class Node:
             result.ok, result.value, result.confidence = True, attempt.value, attempt.confidence
             result.tier, result.accepted = attempt.tier, decision.how
             if result.needs_review:  # why no tier was trusted (an extraction's attempts name its weak fields)
-                result.reason = why
+                if not attempt.reason and self.policy.review_threshold is not None:  # accepted below the review bar
+                    attempt.reason = _below(attempt, self.policy.review_threshold, "review threshold")
+                result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
             return result
         result.reason = why
         if decision.action == "abstain":
@@ -370,3 +366,15 @@ def _has(state: Any, key: str) -> bool:
         return True
     except InputError:
         return False
+
+
+def _below(attempt: Attempt, bar: float, name: str) -> str:
+    """Why ``attempt``'s confidence falls short of ``bar``, naming an extraction's weak fields."""
+    assert attempt.confidence is not None
+    reason = f"confidence {attempt.confidence:.3f} < {name} {bar}"
+    fields = attempt.details.get("field_confidence") or {}
+    counted = {f: c for f, c in fields.items() if f not in attempt.details.get("settled_fields", ())}
+    weak = sorted((c, f) for f, c in counted.items() if c < bar)
+    if weak:
+        reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"
+    return reason

@@ -56,6 +56,10 @@ class Policy:
 
     threshold: float = 0.8
     """An answer that validates is accepted when its confidence is at least this."""
+    review_threshold: float | None = None
+    """An answer accepted with a confidence below this (but at or above ``threshold``) is accepted without
+    asking a costlier tier, and marked for review (``accepted="below_threshold"``): where the next tier
+    would not be more often right, a person is. ``None``: only answers below ``threshold`` are marked."""
     retries: int = 2
     """Extra tries of the same tier after a transient (retryable) engine error."""
     retry_wait_s: float = 0.5
@@ -80,6 +84,8 @@ class Policy:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
+            raise ConfigError(f"review_threshold must be in [0, 1], got {self.review_threshold}")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.deadline_s is not None and not self.deadline_s > 0:
@@ -109,7 +115,10 @@ class Policy:
         verdicts = tuple(self.verdict(r, last=i == tiers - 1) for i, r in enumerate(rungs))
         last = len(rungs) - 1
         if verdicts[last] == "accept":
-            how: Acceptance = "confident" if rungs[last].confidence is not None else "no_confidence"
+            confidence = rungs[last].confidence
+            how: Acceptance = "confident" if confidence is not None else "no_confidence"
+            if confidence is not None and self.review_threshold is not None and confidence < self.review_threshold:
+                how = "below_threshold"
             return Decision("accept", last, how, verdicts)
         if len(rungs) < tiers:
             return Decision("next", verdicts=verdicts)

@@ -32,8 +32,10 @@ class InvoiceHeader(pydantic.BaseModel):
         None, description="The invoice's own number or id, as printed (receipts may have none)"
     )
     issue_date: date = pydantic.Field(description="Date the invoice was issued, ISO 8601 (YYYY-MM-DD)")
-    currency: str = pydantic.Field(
-        description="ISO 4217 code of the invoice currency (EUR, USD, INR, ...)", pattern=r"^[A-Z]{3}$"
+    currency: str | None = pydantic.Field(
+        None,
+        description="ISO 4217 code of the invoice currency (EUR, USD, INR, ...), if the document shows it",
+        pattern=r"^[A-Z]{3}$",
     )
     total: Amount = pydantic.Field(description="Amount due including tax, a decimal number with no currency sign")
     subtotal: Amount | None = pydantic.Field(None, description="Amount before tax, if printed")

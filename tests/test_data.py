@@ -104,6 +104,23 @@ def test_occurs_in_tolerates_ocr_noise_but_not_another_name():
     assert not occurs_in("", ocr)
 
 
+def test_printed_span_is_the_printed_run_a_copy_meant():
+    from agentkit.data import printed_span
+
+    receipt = (
+        "YONGFATT ENTERPRISE\n(JM0517726)\nNO.12,JALAN SS4C/5,\nPETALING JAYA\nSELANGOR DARUL EHSAN\nTEL 07-3523888"
+    )
+    # the model's spacing and an added full stop undone, the lines joined with spaces, as printed
+    assert printed_span("NO.12, JALAN SS4C/5, PETALING JAYA. SELANGOR DARUL EHSAN", receipt) == (
+        "NO.12,JALAN SS4C/5, PETALING JAYA SELANGOR DARUL EHSAN"
+    )
+    assert printed_span("yongfatt enterprise", receipt) == "YONGFATT ENTERPRISE"
+    assert printed_span("YONGFAT ENTERPRISE", receipt) == "YONGFATT ENTERPRISE"  # a letter slipped
+    assert printed_span("PETALING JAYA", receipt) == "PETALING JAYA"  # not the longer run around it
+    assert printed_span("SYARIKAT PERNIAGAAN GIN KEE", receipt) is None  # not printed: left as it is
+    assert printed_span("", receipt) is None
+
+
 def test_a_sample_of_a_label_sorted_file_mixes_the_labels():
     from agentkit.data import sample
 

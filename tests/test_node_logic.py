@@ -225,9 +225,57 @@ def test_an_optional_verbatim_field_must_be_written_but_may_be_null():
     schema = json.loads(task.constraint_for("Bill A-17").spec)
     assert schema["properties"]["number"] == {"anyOf": [{"type": "string", "enum": ["A-17"]}, {"type": "null"}]}
     assert "number" in schema["required"]  # not left out by imitating examples that lack it
-    assert "number" not in json.loads(task.constraint_for("no number").spec).get("required", [])
     engine = FakeEngine(replies=['{"company": "Acme", "number": null}'])
     assert Node(task, [fake_tier("t", engine)]).run("Bill A-17").ok  # null is a valid pick
+
+
+def test_a_copied_field_is_set_to_the_printed_words_it_nearly_matches():
+    text = "HAXINCONE RESOURCES SDN BHD\n16A, JALAN ASTAKA U8/83,\nBUKIT JELUTONG\nTOTAL 12.50"
+    reply = '{"company": "HAXINCONE RESOURCES SDN. BHD.", "total": "12.50"}'
+    task = Extract(Receipt, copied=["company"])
+    result = Node(task, [fake_tier("t", FakeEngine(replies=[reply]))]).run(text)
+    assert result.value["company"] == "HAXINCONE RESOURCES SDN BHD"
+    invented = '{"company": "ACME TRADING", "total": "12.50"}'
+    assert Node(task, [fake_tier("t", FakeEngine(replies=[invented]))]).run(text).value["company"] == "ACME TRADING"
+    with pytest.raises(ConfigError, match="copied fields not in the schema"):
+        Extract(Receipt, copied=["address"])
+
+
+def test_an_unstated_field_is_null_or_its_default_never_a_guess():
+    """An optional verbatim field with no candidate in the text is written null (the constraint allows
+    nothing else), is not counted in the confidence, and is recorded as unstated; with a default it takes
+    the default. A model that writes a value anyway (its engine dropped the constraint) is caught."""
+
+    class Bill(pydantic.BaseModel):
+        company: str
+        currency: str | None = None
+
+    def markers(text: str) -> list[str]:
+        return ["EUR"] if "€" in text else []
+
+    task = Extract(Bill, verbatim={"currency": markers})
+    schema = json.loads(task.constraint_for("Acme, total 12.50").spec)
+    assert schema["properties"]["currency"] == {"type": "null"} and "currency" in schema["required"]
+
+    class DoubtfulNull(FakeEngine):  # the forced null's tokens at a low probability: not doubt
+        def generate(self, messages, constraint, *, max_tokens, prefix=0):
+            gen = super().generate(messages, constraint, max_tokens=max_tokens, prefix=prefix)
+            gen.token_probs = [0.1 if "null" in w else 0.9 for w in gen.text.split(" ")]
+            return gen
+
+    result = Node(task, [fake_tier("t", DoubtfulNull(replies=['{"company": "Acme", "currency": null}']))]).run("x")
+    assert result.ok and result.value["currency"] is None and result.confidence == 0.9
+    assert result.attempts[0].details["unstated"] == ["currency"]
+    guessed = Node(task, [fake_tier("t", FakeEngine(replies=['{"company": "Acme", "currency": "USD"}']))]).run("x")
+    assert not guessed.ok and "currency 'USD' is not printed in the document" in guessed.reason
+    defaulted = Extract(Bill, verbatim={"currency": markers}, defaults={"currency": "MYR"})
+    schema = json.loads(defaulted.constraint_for("Acme, total 12.50").spec)
+    assert schema["properties"]["currency"] == {"type": "string", "enum": ["MYR"]}
+    assert json.loads(defaulted.constraint_for("Acme € 12.50").spec)["properties"]["currency"]["anyOf"][0]["enum"] == [
+        "EUR"
+    ]
+    with pytest.raises(ConfigError, match="not verbatim"):
+        Extract(Bill, defaults={"company": "Acme"})
 
 
 # ---- knn tier (no model: a real BM25 vote, nothing faked) ------------------------------

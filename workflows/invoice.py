@@ -8,7 +8,8 @@ re-asked of the next tier (0.5B → 1.5B by default) before it is given up on:
 - the total is an amount printed in the document;
 - the issue date is a date printed in the document, read the way the document writes dates (day
   first, unless a printed date can only be read month first or the amounts are in US dollars);
-- the currency agrees with a currency marker in the document (``RM`` → MYR, ``€`` → EUR, …);
+- the currency is one a currency marker in the document shows (``RM`` → MYR, ``€`` → EUR, …); a
+  document with no marker has no currency (or the deployment's ``default_currency``), never a guess;
 - with ``line_items=True``, the lines add up to the subtotal or total.
 
 The optional fields are checked too, but an invoice is not failed (nor re-asked of a bigger
@@ -222,6 +223,19 @@ def buyer_is_another_party(value: InvoiceHeader, text: str) -> Drop | None:
     return None
 
 
+def address_is_postal(value: InvoiceHeader, text: str) -> Drop | None:
+    """An issuer address that is the issuer's name, or has no number in it (no postcode, no street number),
+    is not a postal address: dropped (the model took a name or a slogan for it)."""
+    address = value.issuer_address
+    if address is None:
+        return None
+    if word_key(address) == word_key(value.issuer):
+        return Drop(("issuer_address",), f"issuer address {address!r} is the issuer's name")
+    if not re.search(r"\d", address):
+        return Drop(("issuer_address",), f"issuer address {address!r} has no number: not a postal address")
+    return None
+
+
 def currency_printed(value: InvoiceHeader, text: str) -> str | None:
     codes = currency_codes(text)
     if codes and value.currency not in codes:
@@ -230,7 +244,7 @@ def currency_printed(value: InvoiceHeader, text: str) -> str | None:
 
 
 CHECKS = (issuer_printed, total_printed, optional_amounts_printed, date_printed, amounts_add_up, line_items_add_up,
-          buyer_is_another_party, currency_printed)  # fmt: skip
+          buyer_is_another_party, address_is_postal, currency_printed)  # fmt: skip
 
 
 # ---- the invoice number: picked among labelled identifiers ---------------------------------
@@ -290,7 +304,7 @@ def document_dates(text: str) -> list[str]:
 
 
 def document_currencies(text: str) -> list[str]:
-    """The ISO 4217 codes of the currency markers printed in ``text`` (none: the model decides)."""
+    """The ISO 4217 codes of the currency markers printed in ``text`` (none: the currency is unstated)."""
     return sorted(currency_codes(text))
 
 
@@ -316,12 +330,17 @@ def extraction_node(
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
+    review_threshold: float | None = 0.9,
     line_items: bool = False,
+    default_currency: str | None = None,
     input: Any = "text",
 ) -> Node:
     """The invoice extraction node (with the business checks), reading ``input`` from the state.
     ``line_items=True`` extracts the billed lines too (:class:`Invoice`; slower, and checked to add
-    up); by default the header fields (:class:`InvoiceHeader`). ``examples=None``: no example in the prompt."""
+    up); by default the header fields (:class:`InvoiceHeader`). ``examples=None``: no example in the prompt.
+    ``default_currency`` (``"MYR"``): the currency of a document that shows none (else null).
+    Below ``threshold`` the next tier is asked; an invoice accepted below ``review_threshold`` is marked
+    for review (fields a labelled receipt of the same issuer confirms do not count: ``confirm_by_examples``)."""
     pool = None
     if examples is not None:
         pool = [_receipt_as_invoice(r) for r in read_jsonl(existing(examples, "the labelled receipts"))]
@@ -339,9 +358,12 @@ def extraction_node(
                 "currency": document_currencies,
                 "total": document_amounts,
             },
+            defaults={"currency": default_currency} if default_currency else None,
+            copied=("issuer", "issuer_address", "buyer"),
+            confirm_by_examples=True,
         ),
         tiers,
-        Policy(threshold=threshold),
+        Policy(threshold=threshold, review_threshold=review_threshold),
         name="extract_invoice",
         input=input,
         output="invoice",
@@ -355,14 +377,24 @@ def build(
     examples: str | Path | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
+    review_threshold: float | None = 0.9,
     line_items: bool = False,
+    default_currency: str | None = None,
 ) -> CompiledInvoiceGraph:
     """A compiled invoice graph. Building it indexes the labelled receipts and loads no model (models load
     on first use)."""
     from langgraph.graph import END, START, StateGraph  # here, not at import: it takes most of a second
 
     cleanse = Node(Cleanse(), ["rules"], name="cleanse", input="text", output="text")
-    extract = extraction_node(tiers, examples=examples, k=k, threshold=threshold, line_items=line_items)
+    extract = extraction_node(
+        tiers,
+        examples=examples,
+        k=k,
+        threshold=threshold,
+        review_threshold=review_threshold,
+        line_items=line_items,
+        default_currency=default_currency,
+    )
 
     def read(state: InvoiceState) -> dict[str, Any]:
         try:
