@@ -372,8 +372,10 @@ def _below(attempt: Attempt, bar: float, name: str) -> str:
     """Why ``attempt``'s confidence falls short of ``bar``, naming an extraction's weak fields."""
     assert attempt.confidence is not None
     reason = f"confidence {attempt.confidence:.3f} < {name} {bar}"
-    fields = attempt.details.get("field_confidence") or {}
-    counted = {f: c for f, c in fields.items() if f not in attempt.details.get("settled_fields", ())}
+    counted = attempt.details.get("field_probability")  # calibrated: each field's chance of being right
+    if counted is None:
+        fields = attempt.details.get("field_confidence") or {}
+        counted = {f: c for f, c in fields.items() if f not in attempt.details.get("settled_fields", ())}
     weak = sorted((c, f) for f, c in counted.items() if c < bar)
     if weak:
         reason += " (" + ", ".join(f"{f} {c:.2f}" for c, f in weak[:4]) + ")"

@@ -26,6 +26,7 @@ from pathlib import Path
 from _common import DATASETS, emit, print_table
 
 from agentkit.data import normalize_text, read_jsonl, sample, split_records, values_match
+from agentkit.eval.metrics import reliability
 from agentkit.runner import Item, load_target, run_batch
 from agentkit.stats import percentile
 
@@ -146,6 +147,8 @@ def bench_invoice(args: argparse.Namespace) -> dict:
     counted = collections.Counter()
     all_right = 0
     accepted = accepted_right = 0
+    confidences: list[float | None] = []
+    outcomes: list[float] = []
     for item, r in zip(items, records, strict=True):
         out = r.get("value") or {}
         ok_all = True
@@ -157,6 +160,9 @@ def bench_invoice(args: argparse.Namespace) -> dict:
             right[g_field] += hit
             ok_all &= hit
         all_right += ok_all
+        extract = next((x for x in r.get("nodes", []) if x.get("node", "").startswith("extract")), {})
+        confidences.append(extract.get("confidence"))
+        outcomes.append(float(ok_all))
         if r.get("status") == "extracted":  # accepted as confident (not marked for review)
             accepted += 1
             accepted_right += ok_all
@@ -186,6 +192,8 @@ def bench_invoice(args: argparse.Namespace) -> dict:
         "all_fields": round(all_right / n, 4),
         "fields": {f: round(right[f] / counted[f], 4) for f in fields if counted[f]},
         "accepted_all_fields": round(accepted_right / accepted, 4) if accepted else None,
+        "accepted_error": round(1 - accepted_right / accepted, 4) if accepted else None,
+        "ece": round(ece, 4) if (ece := reliability(confidences, outcomes)["ece"]) is not None else None,
         "review_rate": round(sum(r.get("status") == "needs_review" for r in records) / n, 4),
         "failed": len(failed),
         "escalation_rate": round(sum(r.get("escalated", False) for r in records) / n, 4),

@@ -142,9 +142,13 @@ def test_the_currency_is_constrained_to_the_documents_markers(datasets):
     receipt = next(iter(read_jsonl(datasets / "sroie2019" / "dev.jsonl")))["input"]
     assert document_currencies(receipt) == ["MYR"]  # a Malaysian receipt: RM amounts
     assert document_currencies("Total: 12.00 EUR (€)") == ["EUR"]
-    assert document_currencies("TOTAL 12.50\nThank you") == []  # nothing printed: the model decides
+    assert document_currencies("TOTAL 12.50\nThank you") == []  # nothing printed: unstated, never guessed
     schema = json.loads(extraction_node(examples=None).task.constraint_for(receipt).spec)
-    assert schema["properties"]["currency"] == {"type": "string", "enum": ["MYR"]}
+    assert schema["properties"]["currency"] == {"anyOf": [{"type": "string", "enum": ["MYR"]}, {"type": "null"}]}
+    unstated = json.loads(extraction_node(examples=None).task.constraint_for("TOTAL 12.50\nThank you").spec)
+    assert unstated["properties"]["currency"] == {"type": "null"}
+    default = extraction_node(examples=None, default_currency="MYR").task.constraint_for("TOTAL 12.50\nThank you")
+    assert json.loads(default.spec)["properties"]["currency"] == {"type": "string", "enum": ["MYR"]}
     # fields are generated in the schema's order (issuer first, as in the prompt's example), not sorted:
     # sorted, "buyer" came first and the 0.5B wrote the vendor's name there
     assert list(schema["properties"])[:3] == ["issuer", "issuer_address", "invoice_number"]
@@ -220,11 +224,11 @@ def test_inconsistent_optional_amounts_are_dropped_not_escalated(datasets):
     record = next(r for r in read_jsonl(datasets / "sroie2019" / "dev.jsonl") if r["id"] == "321")
     text, gold = record["input"], record["expected"]
     right = {"issuer": gold["company"], "issuer_address": None, "invoice_number": None,
-             "issue_date": "2018-04-20", "currency": "MYR", "total": gold["total"]}  # fmt: skip
+             "issue_date": "2018-04-20", "currency": None, "total": gold["total"]}  # fmt: skip
     reply = json.dumps(right | {"subtotal": gold["total"], "tax": "0.21"})  # 3.70 + 0.21 != 3.70
     small = FakeEngine(replies=[reply])
     large = FakeEngine(replies=[json.dumps(right)])
-    node = extraction_node(examples=None)
+    node = extraction_node(examples=None, calibration=None)  # the fake's confidence, not a fitted estimate
     node = Node(node.task, [Tier(spec="fake:small", engine=small), Tier(spec="fake:large", engine=large)],
                 Policy(threshold=0.5), name="extract_invoice")  # fmt: skip
     result = node.run(text)
@@ -287,11 +291,11 @@ def test_an_invoice_no_tier_is_sure_of_is_marked_for_review(datasets):
     record = next(r for r in read_jsonl(datasets / "sroie2019" / "dev.jsonl") if r["id"] == "321")
     gold = record["expected"]
     right = json.dumps({"issuer": gold["company"], "issuer_address": None, "invoice_number": None,
-                        "issue_date": "2018-04-20", "currency": "MYR", "total": gold["total"]})  # fmt: skip
+                        "issue_date": "2018-04-20", "currency": None, "total": gold["total"]})  # fmt: skip
 
     def graph(confidence: float):
         tiers = [Tier(spec=f"fake:{n}", engine=FakeEngine(replies=[right], confidence=confidence)) for n in "ab"]
-        return build(tiers, examples=None, threshold=0.5)
+        return build(tiers, examples=None, threshold=0.5, calibration=None)
 
     unsure = graph(0.3).invoke({"input": record["input"]})
     assert unsure["ok"] and unsure["status"] == "needs_review" and unsure["output"]["total"] == gold["total"]

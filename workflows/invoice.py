@@ -51,6 +51,8 @@ from workflows import DATA, existing
 
 EXAMPLES = DATA / "receipts_labelled.jsonl"
 """The labelled receipts the prompt's example is retrieved from (SROIE, train side of the split)."""
+CALIBRATION = DATA / "invoice_calibration.json"
+"""The extraction's confidence calibration, fitted on those receipts (``python -m workflows.calibrate_invoice``)."""
 INSTRUCTIONS = (
     "Extract the invoice's key fields from the document. Copy names, numbers and addresses as printed; "
     "write the issue date as YYYY-MM-DD, amounts as plain decimals (no currency sign, no thousands "
@@ -327,23 +329,29 @@ def _receipt_as_invoice(record: dict[str, Any]) -> dict[str, Any]:
 def extraction_node(
     tiers: Sequence[str | Tier] = DEFAULT_LADDER,
     *,
-    examples: str | Path | None = EXAMPLES,
+    examples: str | Path | Sequence[Mapping[str, Any]] | None = EXAMPLES,
     k: int = 1,
     threshold: float = 0.5,
     review_threshold: float | None = 0.9,
     line_items: bool = False,
     default_currency: str | None = None,
+    calibration: str | Path | None = CALIBRATION,
     input: Any = "text",
 ) -> Node:
     """The invoice extraction node (with the business checks), reading ``input`` from the state.
     ``line_items=True`` extracts the billed lines too (:class:`Invoice`; slower, and checked to add
     up); by default the header fields (:class:`InvoiceHeader`). ``examples=None``: no example in the prompt.
     ``default_currency`` (``"MYR"``): the currency of a document that shows none (else null).
-    Below ``threshold`` the next tier is asked; an invoice accepted below ``review_threshold`` is marked
-    for review (fields a labelled receipt of the same issuer confirms do not count: ``confirm_by_examples``)."""
+    ``calibration`` (a file, if it exists): the confidence is the estimated probability that issuer, address,
+    date and total are all right (else the lowest field's token probability, fields a labelled receipt of the
+    same issuer confirms not counted). Below ``threshold`` the next tier is asked; an invoice accepted below
+    ``review_threshold`` is marked for review."""
     pool = None
     if examples is not None:
-        pool = [_receipt_as_invoice(r) for r in read_jsonl(existing(examples, "the labelled receipts"))]
+        records = (
+            read_jsonl(existing(examples, "the labelled receipts")) if isinstance(examples, str | Path) else examples
+        )
+        pool = [_receipt_as_invoice(r) for r in records]
     return Node(
         Extract(
             Invoice if line_items else InvoiceHeader,
@@ -361,6 +369,7 @@ def extraction_node(
             defaults={"currency": default_currency} if default_currency else None,
             copied=("issuer", "issuer_address", "buyer"),
             confirm_by_examples=True,
+            calibration=calibration if calibration is not None and Path(calibration).is_file() else None,
         ),
         tiers,
         Policy(threshold=threshold, review_threshold=review_threshold),
@@ -380,6 +389,7 @@ def build(
     review_threshold: float | None = 0.9,
     line_items: bool = False,
     default_currency: str | None = None,
+    calibration: str | Path | None = CALIBRATION,
 ) -> CompiledInvoiceGraph:
     """A compiled invoice graph. Building it indexes the labelled receipts and loads no model (models load
     on first use)."""
@@ -394,6 +404,7 @@ def build(
         review_threshold=review_threshold,
         line_items=line_items,
         default_currency=default_currency,
+        calibration=calibration,
     )
 
     def read(state: InvoiceState) -> dict[str, Any]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence, Set
+from pathlib import Path
 from typing import Any
 
 import pydantic
 
+from agentkit.calibration import FieldCalibration, State
 from agentkit.data import candidates, printed_span, word_key
 from agentkit.engine import Constraint, Engine, Generation, Message, StructuredEngine
 from agentkit.errors import ConfigError
@@ -94,6 +96,7 @@ class Extract(Task):
         defaults: Mapping[str, Any] | None = None,
         copied: Sequence[str] = (),
         confirm_by_examples: bool = False,
+        calibration: FieldCalibration | str | Path | None = None,
         retrieval: Retrieval = "bm25",
     ) -> None:
         """
@@ -120,6 +123,9 @@ class Extract(Task):
             confirm_by_examples: a field whose value is the one a retrieved example has (up to case,
                 spacing and punctuation: a document of the same issuer, read the way it was labelled) is
                 *confirmed*: it does not count in the confidence, like a field the text decides.
+            calibration: a :class:`~agentkit.calibration.FieldCalibration` (or its file): the confidence
+                becomes the estimated probability that every calibrated field is right (the raw score,
+                the lowest field's token probability, stays in the details as ``raw_confidence``).
             retrieval: how examples are found (``bm25``, ``dense``, ``hybrid``).
         """
         self.schema = schema
@@ -130,6 +136,11 @@ class Extract(Task):
             raise ConfigError(f"verbatim fields not in the schema: {sorted(unknown)}")
         self.copied = tuple(copied)
         self.confirm_by_examples = confirm_by_examples
+        self.calibration = (
+            calibration
+            if calibration is None or isinstance(calibration, FieldCalibration)
+            else FieldCalibration.load(calibration)
+        )
         if set(self.copied) - set(schema.model_fields):
             raise ConfigError(f"copied fields not in the schema: {sorted(set(self.copied) - set(schema.model_fields))}")
         if set(self.defaults) - set(self.verbatim):
@@ -282,8 +293,8 @@ class Extract(Task):
         fields = _field_confidence(gen, self.quantile) if engine.capabilities.token_probs else {}
         # a dropped field's doubt is settled, and so is a required field with one candidate or an unstated
         # field: the text decided it, and its tokens' probabilities only say how the model spelled it
-        settled = {f for d in dropped for f in d.fields} | unstated.keys()
-        settled |= {f for f, allowed in choices.items() if len(allowed) == 1 and not self._nullable(f)}
+        decided = {f for f, allowed in choices.items() if len(allowed) == 1 and not self._nullable(f)}
+        settled = {f for d in dropped for f in d.fields} | unstated.keys() | decided
         confirmed = self._confirmed(model, shots) - settled if model is not None else set()
         settled |= confirmed
         kept = [c for name, c in fields.items() if name not in settled]
@@ -294,6 +305,13 @@ class Extract(Task):
         else:  # every field settled: nothing left in doubt (or nothing parsed)
             conf = 1.0 if model is not None else 0.0
         details: dict[str, Any] = {"field_confidence": fields, **dropped_details(dropped)}
+        method = f"token-probs:q{int(self.quantile * 100)}" if engine.capabilities.token_probs else "none"
+        if model is not None and fields:
+            details["field_states"] = self._states(model, fields, decided | unstated.keys(), confirmed)
+        if self.calibration is not None and conf is not None and model is not None:
+            details["raw_confidence"] = conf
+            conf, details["field_probability"] = self.calibration.confidence(details.get("field_states", {}))
+            method = f"calibrated:{self.calibration.data[:12]}"
         if unstated:
             details["unstated"] = sorted(unstated)
         if confirmed:
@@ -304,11 +322,27 @@ class Extract(Task):
             value=model.model_dump(mode="json") if model is not None else None,
             raw=gen.text,
             confidence=conf,
-            method=f"token-probs:q{int(self.quantile * 100)}" if engine.capabilities.token_probs else "none",
+            method=method,
             usage=gen.usage,
             problems=problems,
             details=details,
         )
+
+    @staticmethod
+    def _states(
+        model: pydantic.BaseModel, fields: Mapping[str, float], settled: Set[str], confirmed: Set[str]
+    ) -> dict[str, tuple[float, State]]:
+        """Per field: its raw confidence and how its value came about (what a calibration is fitted on)."""
+        out: dict[str, tuple[float, State]] = {}
+        for name, value in model.model_dump(mode="json").items():
+            state: State = (
+                "null" if value is None
+                else "settled" if name in settled
+                else "confirmed" if name in confirmed
+                else "free"
+            )  # fmt: skip
+            out[name] = (fields.get(name, 1.0 if state == "settled" else 0.0), state)
+        return out
 
     def _confirmed(self, model: pydantic.BaseModel, shots: Sequence[Mapping[str, Any]]) -> set[str]:
         """The fields of ``model`` whose value a retrieved example has (``confirm_by_examples``)."""
@@ -354,6 +388,7 @@ class Extract(Task):
             "defaults": self.defaults,
             "copied": list(self.copied),
             "confirm_by_examples": self.confirm_by_examples,
+            "calibration": self.calibration.data if self.calibration is not None else None,
             "examples": len(self.index) if self.index else 0,
         }
 

@@ -1,0 +1,168 @@
+"""Calibrated confidence: a raw score (a field's token probability) mapped to the probability that the
+answer is right, fitted on labelled records by isotonic regression.
+
+An extraction's raw confidence says how sure the model was of the tokens it wrote, not how often such a
+value is right: a copied address can be written at 0.93 and be wrong, a total picked at 0.6 among printed
+amounts be right. :class:`FieldCalibration` learns, per field and per *state* of the value (``confirmed``
+by a labelled document of the same issuer, ``free``, ``null``, or ``settled`` by the text), how often
+values at each raw score were right; an :class:`~agentkit.tasks.extract.Extract` given one reports the
+product of its fields' probabilities as the answer's confidence (the raw score stays in the details).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agentkit.errors import ConfigError
+
+__all__ = ["MIN_SAMPLES", "FieldCalibration", "FieldSample", "Isotonic", "State"]
+
+State = Literal["confirmed", "free", "null", "settled"]
+"""How a field's value came about: a labelled example has it (``confirmed``), the model wrote it
+(``free``), it is null (not printed, or dropped), or the text decided it (``settled``)."""
+
+MIN_SAMPLES = 30
+"""Fewer labelled fields than this per field is refused: a step map fitted on fewer says little."""
+
+
+@dataclass(frozen=True)
+class Isotonic:
+    """A non-decreasing step map from a raw score in [0, 1] to a probability, fitted by
+    pool-adjacent-violators on (score, right) pairs. Each block's probability is smoothed toward
+    the overall rate with ``prior`` pseudo-counts, so a block of three is not read as certainty."""
+
+    upper: tuple[float, ...]
+    """The highest raw score of each block, ascending."""
+    probs: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def fit(cls, scores: Sequence[float], right: Sequence[bool], *, prior: float = 2.0) -> Isotonic:
+        if not scores or len(scores) != len(right):
+            raise ValueError("isotonic fit needs as many outcomes as scores, at least one")
+        tied: dict[float, list[float]] = {}  # equal scores are one point: a step map cannot split them
+        for s, r in zip(scores, right, strict=True):
+            tied.setdefault(float(s), [0.0, 0.0])
+            tied[float(s)][0] += float(r)
+            tied[float(s)][1] += 1.0
+        base = sum(right) / len(right)
+        blocks: list[list[float]] = []  # [sum right, count, upper score]
+        for s, (hits, n) in sorted(tied.items()):
+            blocks.append([hits, n, s])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+                hits, n, top = blocks.pop()
+                blocks[-1][0] += hits
+                blocks[-1][1] += n
+                blocks[-1][2] = top
+        smoothed = [(hits + prior * base) / (n + prior) for hits, n, _ in blocks]
+        probs = tuple(max(smoothed[: i + 1]) for i in range(len(smoothed)))  # smoothing kept non-decreasing
+        return cls(tuple(b[2] for b in blocks), probs, tuple(int(b[1]) for b in blocks))
+
+    def __call__(self, score: float) -> float:
+        for top, p in zip(self.upper, self.probs, strict=True):
+            if score <= top:
+                return p
+        return self.probs[-1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"upper": list(self.upper), "probs": list(self.probs), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Isotonic:
+        return cls(tuple(data["upper"]), tuple(data["probs"]), tuple(data["counts"]))
+
+
+@dataclass(frozen=True)
+class FieldSample:
+    """One labelled field of one answer: its raw confidence, its state, and whether it was right."""
+
+    field: str
+    state: State
+    raw: float
+    right: bool
+
+
+@dataclass
+class FieldCalibration:
+    """Per field (and state of its value), the probability that the value is right given its raw score."""
+
+    maps: dict[str, dict[str, Isotonic]]
+    """field -> state -> map; a state never seen for a field falls back to the field's ``all`` map."""
+    data: str = ""
+    """sha256 of the samples it was fitted on."""
+    n: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.maps)
+
+    @classmethod
+    def fit(
+        cls, samples: Iterable[FieldSample], *, min_samples: int = MIN_SAMPLES, meta: Mapping[str, Any] | None = None
+    ) -> FieldCalibration:
+        """Fit one map per field and state (and one per field over all states) from labelled samples.
+        Fields with fewer than ``min_samples`` samples are refused with a :class:`ConfigError`."""
+        rows = list(samples)
+        by_field: dict[str, list[FieldSample]] = {}
+        for s in rows:
+            by_field.setdefault(s.field, []).append(s)
+        short = {f: len(v) for f, v in by_field.items() if len(v) < min_samples}
+        if not by_field or short:
+            raise ConfigError(
+                f"too few labelled fields to calibrate: {short or 'none'} (at least {min_samples} per field)",
+                hint="label more records, or lower min_samples knowing the fit is then rough",
+            )
+        maps: dict[str, dict[str, Isotonic]] = {}
+        for name, group in by_field.items():
+            maps[name] = {"all": Isotonic.fit([s.raw for s in group], [s.right for s in group])}
+            for state in sorted({s.state for s in group}):
+                part = [s for s in group if s.state == state]
+                maps[name][state] = Isotonic.fit([s.raw for s in part], [s.right for s in part])
+        digest = hashlib.sha256(json.dumps([list(vars(s).values()) for s in rows]).encode()).hexdigest()
+        return cls(maps, digest, len(rows), dict(meta or {}))
+
+    def probability(self, name: str, raw: float, state: State) -> float | None:
+        """P(right) of a value of field ``name`` in ``state`` at raw score ``raw`` (None: field not calibrated)."""
+        maps = self.maps.get(name)
+        if maps is None:
+            return None
+        return (maps.get(state) or maps["all"])(raw)
+
+    def confidence(self, scores: Mapping[str, tuple[float, State]]) -> tuple[float, dict[str, float]]:
+        """P(every calibrated field right), taken as the product of the fields' probabilities, and each
+        field's probability. ``scores``: field -> (raw score, state); a calibrated field missing from it
+        counts as null at score 0."""
+        probs = {}
+        for name in self.maps:
+            raw, state = scores.get(name, (0.0, "null"))
+            p = self.probability(name, raw, state)
+            assert p is not None
+            probs[name] = p
+        return math.prod(probs.values()), probs
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        body = {
+            "data": self.data,
+            "n": self.n,
+            "meta": self.meta,
+            "maps": {f: {s: m.as_dict() for s, m in states.items()} for f, states in self.maps.items()},
+        }
+        path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FieldCalibration:
+        try:
+            body = json.loads(Path(path).read_text(encoding="utf-8"))
+            maps = {f: {s: Isotonic.from_dict(m) for s, m in states.items()} for f, states in body["maps"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"cannot read the calibration {path}: {e}") from None
+        return cls(maps, body.get("data", ""), body.get("n", 0), body.get("meta", {}))
