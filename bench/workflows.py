@@ -138,6 +138,18 @@ def physical_seconds(documents: list[tuple[str, str]]) -> list[float]:
     return out
 
 
+def operating_points(confidences: list[float | None], outcomes: list[float]) -> dict[str, dict[str, float | None]]:
+    """At each review threshold: the share of documents accepted without review, and how often those are all right."""
+    points: dict[str, dict[str, float | None]] = {}
+    for bar in (0.3, 0.5, 0.7, 0.8, 0.9):
+        kept = [o for c, o in zip(confidences, outcomes, strict=True) if c is not None and c >= bar]
+        points[str(bar)] = {
+            "accepted": round(len(kept) / len(outcomes), 4) if outcomes else None,
+            "accepted_all_fields": round(sum(kept) / len(kept), 4) if kept else None,
+        }
+    return points
+
+
 def bench_invoice(args: argparse.Namespace) -> dict:
     from agentkit.documents import document_text
 
@@ -193,6 +205,7 @@ def bench_invoice(args: argparse.Namespace) -> dict:
         "fields": {f: round(right[f] / counted[f], 4) for f in fields if counted[f]},
         "accepted_all_fields": round(accepted_right / accepted, 4) if accepted else None,
         "accepted_error": round(1 - accepted_right / accepted, 4) if accepted else None,
+        "operating_points": operating_points(confidences, outcomes),
         "ece": round(ece, 4) if (ece := reliability(confidences, outcomes)["ece"]) is not None else None,
         "review_rate": round(sum(r.get("status") == "needs_review" for r in records) / n, 4),
         "failed": len(failed),
