@@ -162,7 +162,6 @@ class Node:
 
     def _conclude(self, result: Result, decision: Decision) -> Result:
         """``result`` as ``decision`` makes it."""
-        why = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
         if decision.action == "accept":
             assert decision.index is not None
             attempt = result.attempts[decision.index]
@@ -171,9 +170,9 @@ class Node:
             if result.needs_review:  # why no tier was trusted (an extraction's attempts name its weak fields)
                 if not attempt.reason and self.policy.review_threshold is not None:  # accepted below the review bar
                     attempt.reason = _below(attempt, self.policy.review_threshold, "review threshold")
-                result.reason = "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
+                result.reason = _why(result)
             return result
-        result.reason = why
+        result.reason = _why(result)
         if decision.action == "abstain":
             result.ok, result.accepted = True, "abstained"
             # a tier's own abstention keeps what it saw (the passages it retrieved); else the task's
@@ -366,6 +365,11 @@ def _has(state: Any, key: str) -> bool:
         return True
     except InputError:
         return False
+
+
+def _why(result: Result) -> str:
+    """Every attempt's tier, outcome and reason, in order."""
+    return "; ".join(f"{a.tier}: {a.outcome}: {a.reason}" for a in result.attempts)
 
 
 def _below(attempt: Attempt, bar: float, name: str) -> str:
