@@ -1,12 +1,13 @@
-"""Calibrated confidence: a raw score (a field's token probability) mapped to the probability that the
-answer is right, fitted on labelled records by isotonic regression.
+"""Calibrated confidence: a raw score (a label's probability, a vote share, a field's token probability)
+mapped to the probability that the answer is right, fitted on labelled records by isotonic regression.
 
-An extraction's raw confidence says how sure the model was of the tokens it wrote, not how often such a
-value is right: a copied address can be written at 0.93 and be wrong, a total picked at 0.6 among printed
-amounts be right. :class:`FieldCalibration` learns, per field and per *state* of the value (``confirmed``
-by a labelled document of the same issuer, ``free``, ``null``, or ``settled`` by the text), how often
-values at each raw score were right; an :class:`~agentkit.tasks.extract.Extract` given one reports the
-product of its fields' probabilities as the answer's confidence (the raw score stays in the details).
+:class:`TierCalibration` maps each tier's confidence as a whole (``agentkit eval`` fits it; a
+:class:`~agentkit.node.Node` given one decides on the calibrated value). :class:`FieldCalibration` goes one
+level down, for extraction: a copied address can be written at 0.93 and be wrong, a total picked at 0.6
+among printed amounts be right. It learns, per field and per *state* of the value (``confirmed`` by a
+labelled document of the same issuer, ``free``, ``null``, or ``settled`` by the text), how often values at
+each raw score were right; an :class:`~agentkit.tasks.extract.Extract` given one reports the product of its
+fields' probabilities as the answer's confidence (the raw score stays in the details).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 from agentkit.errors import ConfigError
 
-__all__ = ["MIN_SAMPLES", "FieldCalibration", "FieldSample", "Isotonic", "State"]
+__all__ = ["MIN_SAMPLES", "FieldCalibration", "FieldSample", "Isotonic", "State", "TierCalibration"]
 
 State = Literal["confirmed", "free", "null", "settled"]
 """How a field's value came about: a labelled example has it (``confirmed``), the model wrote it
@@ -148,21 +149,79 @@ class FieldCalibration:
         return math.prod(probs.values()), probs
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        body = {
-            "data": self.data,
-            "n": self.n,
-            "meta": self.meta,
-            "maps": {f: {s: m.as_dict() for s, m in states.items()} for f, states in self.maps.items()},
-        }
-        path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-        return path
+        maps = {f: {s: m.as_dict() for s, m in states.items()} for f, states in self.maps.items()}
+        return _save(path, {"data": self.data, "n": self.n, "meta": self.meta, "maps": maps})
 
     @classmethod
     def load(cls, path: str | Path) -> FieldCalibration:
-        try:
-            body = json.loads(Path(path).read_text(encoding="utf-8"))
-            maps = {f: {s: Isotonic.from_dict(m) for s, m in states.items()} for f, states in body["maps"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"cannot read the calibration {path}: {e}") from None
-        return cls(maps, body.get("data", ""), body.get("n", 0), body.get("meta", {}))
+        body = _load(path, lambda maps: {f: {s: Isotonic.from_dict(m) for s, m in v.items()} for f, v in maps.items()})
+        return cls(body["maps"], body.get("data", ""), body.get("n", 0), body.get("meta", {}))
+
+
+@dataclass
+class TierCalibration:
+    """Per tier of a ladder, the probability that its answer is right given the confidence it reports.
+
+    Fitted by ``agentkit eval`` on labelled records (:meth:`fit`); a :class:`~agentkit.node.Node` given one
+    replaces each answer's confidence by its calibrated value (the raw one stays in the details), so the
+    policy's thresholds read as probabilities of being right. A tier without a map keeps its raw score."""
+
+    maps: dict[str, Isotonic]
+    """tier name -> map."""
+    data: str = ""
+    """sha256 of the (tier, confidence, right) samples it was fitted on."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = field(default=None, compare=False)
+    """The file it was loaded from or saved to (what a config file names)."""
+
+    @classmethod
+    def fit(
+        cls,
+        samples: Mapping[str, Sequence[tuple[float, bool]]],
+        *,
+        min_samples: int = MIN_SAMPLES,
+        meta: Mapping[str, Any] | None = None,
+    ) -> TierCalibration:
+        """One map per tier from its (confidence, right) samples; a tier with fewer than ``min_samples``
+        is refused with a :class:`ConfigError`."""
+        short = {t: len(v) for t, v in samples.items() if len(v) < min_samples}
+        if not samples or short:
+            raise ConfigError(
+                f"too few labelled answers to calibrate: {short or 'none'} (at least {min_samples} per tier)",
+                hint="label more records, or evaluate on more of them",
+            )
+        maps = {t: Isotonic.fit([c for c, _ in v], [r for _, r in v]) for t, v in samples.items()}
+        rows = sorted((t, float(c), bool(r)) for t, v in samples.items() for c, r in v)
+        digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        return cls(maps, digest, {"n": {t: len(v) for t, v in samples.items()}, **(meta or {})})
+
+    def probability(self, tier: str, confidence: float) -> float | None:
+        """P(right) of ``tier``'s answer at ``confidence``; ``None`` when the tier has no map."""
+        m = self.maps.get(tier)
+        return m(confidence) if m is not None else None
+
+    def save(self, path: str | Path) -> Path:
+        maps = {t: m.as_dict() for t, m in self.maps.items()}
+        self.source = _save(path, {"data": self.data, "meta": self.meta, "tiers": maps})
+        return self.source
+
+    @classmethod
+    def load(cls, path: str | Path) -> TierCalibration:
+        body = _load(path, lambda maps: {t: Isotonic.from_dict(m) for t, m in maps.items()}, key="tiers")
+        return cls(body["tiers"], body.get("data", ""), body.get("meta", {}), Path(path))
+
+
+def _save(path: str | Path, body: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _load(path: str | Path, maps: Any, *, key: str = "maps") -> dict[str, Any]:
+    """A saved calibration's body with its ``key`` read by ``maps``; a clear error when it cannot be read."""
+    try:
+        body: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+        body[key] = maps(body[key])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"cannot read the calibration {path}: {e}") from None
+    return body

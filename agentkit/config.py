@@ -6,6 +6,8 @@ and user code apply the file to their nodes::
     [nodes.spam]
     tiers = ["embedded:qwen2.5-0.5b", "embedded:qwen2.5-1.5b"]
     threshold = 0.93
+    review_threshold = 0.97
+    calibration = "eval/calibration.json"   # relative to this file
 
     [nodes.spam.task]
     k = 2
@@ -66,6 +68,8 @@ def node_settings(node: Node) -> dict[str, Any]:
         task.pop("verbalizer", None)  # labels written as themselves: the default, not worth a line
     if task:
         out["task"] = task
+    if node.calibration is not None and node.calibration.source is not None:
+        out["calibration"] = str(node.calibration.source)
     return out
 
 
@@ -87,10 +91,12 @@ def load(path: str | Path, *, explicit: bool = True) -> dict[str, dict[str, Any]
     for name, settings in nodes.items():
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: node {name!r} must be a table ([nodes.{_key(name)}])")
-        unknown = set(settings) - _POLICY_FIELDS - {"tiers", "task"}  # task settings are the task's to check
+        unknown = set(settings) - _POLICY_FIELDS - {"tiers", "task", "calibration"}  # the task checks its own
         if unknown:
             raise ConfigError(f"{path}: node {name!r} has unknown settings {sorted(unknown)}")
         _check_policy(path, name, settings)
+        if "calibration" in settings:  # a file named relative to the config file
+            settings["calibration"] = str(Path(path).parent / str(settings["calibration"]))
         for spec in _specs(path, name, settings):
             where = off_machine(spec)
             if where and not explicit:
@@ -161,7 +167,10 @@ def configured(node: Node, settings: Mapping[str, Any]) -> Node:
     try:
         tiers = [Tier.parse(t) for t in settings["tiers"]] if "tiers" in settings else node.tiers
         task = node.task.variant(**settings.get("task", {}))
-        return node.replace(task=task, tiers=tiers, policy=dataclasses.replace(node.policy, **policy))
+        calibration = settings.get("calibration", node.calibration)
+        return node.replace(
+            task=task, tiers=tiers, policy=dataclasses.replace(node.policy, **policy), calibration=calibration
+        )
     except (ConfigError, TypeError, ValueError) as e:
         raise ConfigError(f"node {node.name!r}: {e}") from e
 
@@ -194,9 +203,23 @@ def _shown(tiers: Iterable[Tier]) -> str:
 # ---- writing ----------------------------------------------------------------------------
 
 
-def save_threshold(path: str | Path, node: Node, threshold: float) -> dict[str, Any]:
-    """Write ``node``'s settings with ``threshold`` (a calibrated one, from ``agentkit eval``); returns them."""
+def save_threshold(
+    path: str | Path,
+    node: Node,
+    threshold: float,
+    *,
+    review_threshold: float | None = None,
+    calibration: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write ``node``'s settings with ``threshold`` (a calibrated one, from ``agentkit eval``), and the
+    review bar and calibration file it was chosen with (the file named relative to ``path``; none: the
+    threshold is on raw confidences, and no calibration is written); returns them."""
     settings = node_settings(node) | {"threshold": threshold}
+    settings.pop("calibration", None)
+    if review_threshold is not None:
+        settings["review_threshold"] = review_threshold
+    if calibration is not None:
+        settings["calibration"] = os.path.relpath(Path(calibration).resolve(), Path(path).resolve().parent)
     save(path, {node.name: settings})
     return settings
 

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from agentkit.calibration import TierCalibration
 from agentkit.errors import AgentkitError, InputError, TaskFailed
 from agentkit.policy import Decision, Policy, Rung, Verdict
 from agentkit.result import Attempt, Result, Trace, publish
@@ -66,6 +67,7 @@ class Node:
         output: str | None = None,
         meta: str | None = None,
         trace: str | Path | Trace | None = None,
+        calibration: TierCalibration | str | Path | None = None,
     ) -> None:
         """
         Args:
@@ -77,6 +79,9 @@ class Node:
             output: state key for the value (default: ``name``).
             meta: optional state key for ``{ok, needs_review, tier, confidence, reason, cost_usd}``.
             trace: a JSONL path or Trace that receives every result.
+            calibration: a :class:`~agentkit.calibration.TierCalibration` (or its file, as ``agentkit eval``
+                writes it): each tier's confidence becomes its calibrated probability of being right, and
+                the policy decides on that (the raw score stays in the attempt's details).
         """
         if not tiers:
             raise ValueError("a node needs at least one tier")
@@ -90,33 +95,35 @@ class Node:
         self.output = output or self.name
         self.meta = meta
         self.trace = trace if isinstance(trace, Trace) or trace is None else Trace(trace)
+        self.calibration = TierCalibration.load(calibration) if isinstance(calibration, (str, Path)) else calibration
 
     def replace(self, **changes: Any) -> Node:
         """A new node like this one with some constructor arguments changed (``task``, ``tiers``, ``policy``, …)."""
         current = {"task": self.task, "tiers": self.tiers, "policy": self.policy, "name": self.name,
-                   "input": self.input, "output": self.output, "meta": self.meta, "trace": self.trace}  # fmt: skip
+                   "input": self.input, "output": self.output, "meta": self.meta, "trace": self.trace,
+                   "calibration": self.calibration}  # fmt: skip
         unknown = set(changes) - set(current)
         if unknown:
             raise TypeError(f"Node has no argument {sorted(unknown)}")
         return Node(**{**current, **changes})
 
     def adopt(self, other: Node) -> None:
-        """Take on ``other``'s task, tiers and policy as one whole: for a node a compiled graph holds,
-        which cannot be swapped for a new one. Nothing is changed inside a task or tier."""
+        """Take on ``other``'s task, tiers, policy and calibration as one whole: for a node a compiled graph
+        holds, which cannot be swapped for a new one. Nothing is changed inside a task or tier."""
         self.task, self.tiers, self.policy = other.task, list(other.tiers), other.policy
+        self.calibration = other.calibration
 
     # ---- running -------------------------------------------------------------------
 
     def config_hash(self) -> str:
-        blob = json.dumps(
-            {
-                "task": self.task.settings(),
-                "tiers": [{"spec": t.spec, "task": t.task} if t.task else t.spec for t in self.tiers],
-                "policy": asdict(self.policy),
-            },
-            sort_keys=True,
-            default=str,
-        )
+        settings: dict[str, Any] = {
+            "task": self.task.settings(),
+            "tiers": [{"spec": t.spec, "task": t.task} if t.task else t.spec for t in self.tiers],
+            "policy": asdict(self.policy),
+        }
+        if self.calibration is not None:
+            settings["calibration"] = self.calibration.data
+        blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def run(self, value: Any, *, input_id: str | None = None) -> Result:
@@ -258,7 +265,18 @@ class Node:
         )
         if answer.problems:
             attempt.outcome, attempt.reason = "invalid", "; ".join(answer.problems)
+        self._calibrate(attempt)
         return attempt
+
+    def _calibrate(self, attempt: Attempt) -> None:
+        """Replace ``attempt``'s confidence by its tier's calibrated probability of being right, if any."""
+        if self.calibration is None or attempt.confidence is None:
+            return
+        p = self.calibration.probability(attempt.tier, attempt.confidence)
+        if p is not None:
+            attempt.details.setdefault("raw_confidence", attempt.confidence)
+            attempt.confidence = p
+            attempt.confidence_method += f"+calibrated:{self.calibration.data[:12]}"
 
     @staticmethod
     def _truncate(engine: Any, text: str) -> str:

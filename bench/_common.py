@@ -95,6 +95,26 @@ def headline_figures(report: dict[str, Any], first_model_tier: int = 0) -> dict[
         "small_s_per_item": round(small["s_per_item"], 3),
         "apgr": report.get("headline", {}).get("apgr"),
         "wall_s": round(report["wall_s"], 1),
+    } | operating_figures(report)
+
+
+def operating_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The chosen cascade with its review bar, on the test split: accepted share, error among the accepted,
+    review rate, and the calibration error of its answers' confidence, raw and calibrated."""
+    op = report.get("operating_point")
+    if not op:
+        return {"calibrated": report.get("confidence", {}).get("calibrated")}
+    t = op["on_test"]
+    r = 4
+    return {
+        "calibrated": report["confidence"]["calibrated"],
+        "review_threshold": round(op["review_threshold"], r),
+        "max_error": op["max_error"],
+        "accepted_share": round(t["accepted_share"], r),
+        "accepted_error": None if t["accepted_error"] is None else round(t["accepted_error"], r),
+        "review_rate": round(t["review_rate"], r),
+        "ece": None if op["ece"] is None else round(op["ece"], r),
+        "ece_raw": None if op["ece_raw"] is None else round(op["ece_raw"], r),
     }
 
 

@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--knn", type=int, default=0, help="put a knn tier (vote of this many neighbours) first")
     p.add_argument("--oos", default=None, help="out-of-scope label: abstain to it when no tier is confident")
     p.add_argument("--pool-data", type=Path, default=None, help="examples from this file; items: all of --data")
+    p.add_argument("--max-error", type=float, default=0.03, help="review bar: at most this share wrong when accepted")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -108,7 +109,7 @@ def main() -> None:
         f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn}, retrieval={args.retrieval},"
         f" labels={len(labels)}"
     )
-    report = evaluate(node, items, args)
+    report = evaluate(node, items, args, max_error=args.max_error)
     figures = {"bench": "classify", "data": str(args.data)} | headline_figures(report, 1 if args.knn else 0)
     if args.knn:
         figures["knn_acc"] = round((report.get("test") or report["all"])["tier0"]["score"], 4)

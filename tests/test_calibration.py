@@ -1,4 +1,6 @@
-"""Calibrated confidence: isotonic maps fitted on labelled fields, and an extraction that reports them."""
+"""Calibrated confidence: isotonic maps fitted on labelled answers (per tier, per extracted field), the node
+that decides on them, and eval's review bar. Engines here are the shipped FakeEngine (named as such: the
+confidences must be set on demand; the same code on real models is measured in bench/classify.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import random
 import pydantic
 import pytest
 
-from agentkit import Extract, Node, Policy, Tier
-from agentkit.calibration import FieldCalibration, FieldSample, Isotonic
+from agentkit import Classify, Extract, Node, Policy, Tier
+from agentkit.calibration import FieldCalibration, FieldSample, Isotonic, TierCalibration
+from agentkit.config import apply, load, save_threshold
 from agentkit.errors import ConfigError
+from agentkit.eval import evaluate_node
 from agentkit.eval.metrics import reliability
 from agentkit.testing import FakeEngine
 
@@ -98,3 +102,90 @@ def test_an_answer_accepted_below_the_review_threshold_is_marked_and_not_escalat
     assert confident.status == "accepted"
     with pytest.raises(ConfigError, match="review_threshold"):
         Policy(review_threshold=1.5)
+
+
+class Overconfident(FakeEngine):
+    """Says "a" to everything: at 0.9 to alpha texts (right), at 0.8 to beta texts (wrong, they are b),
+    and says "b" at 0.7 to gamma texts (right)."""
+
+    def score(self, messages, continuations, *, prefix=0, margin=None):
+        text = messages[-1]["content"]
+        self.replies = ["b"] if "gamma" in text else ["a"]
+        self.confidence = 0.9 if "alpha" in text else 0.8 if "beta" in text else 0.7
+        return super().score(messages, continuations, prefix=prefix)
+
+
+def overconfident() -> Node:
+    tier = Tier(spec="fake:small", name="fake-small", engine=Overconfident())
+    return Node(Classify(["a", "b"]), [tier], Policy(threshold=0.0), name="toy")
+
+
+RECORDS = [
+    {"input": f"{word} {i}", "expected": label}
+    for i in range(40)
+    for word, label in (("alpha", "a"), ("beta", "b"), ("gamma", "b"))
+]
+
+
+def test_tier_calibration_round_trips_and_refuses_too_few(tmp_path):
+    fitted = TierCalibration.fit({"small": [(0.9, True), (0.8, False)] * 20})
+    again = TierCalibration.load(fitted.save(tmp_path / "c.json"))
+    assert again.maps == fitted.maps and again.data == fitted.data and again.source == tmp_path / "c.json"
+    assert again.probability("small", 0.9) > 0.9 > 0.1 > again.probability("small", 0.8)
+    assert again.probability("another tier", 0.9) is None
+    with pytest.raises(ConfigError, match="too few labelled answers"):
+        TierCalibration.fit({"small": [(0.9, True)] * 10})
+    with pytest.raises(ConfigError, match="cannot read the calibration"):
+        TierCalibration.load(tmp_path / "missing.json")
+
+
+def test_eval_calibrates_each_tier_and_a_node_decides_on_it():
+    report = evaluate_node(overconfident(), RECORDS, max_error=0.03)
+    assert report["confidence"]["calibrated"]
+    raw, calibrated = report["reliability_raw"]["fake-small"], report["reliability"]["fake-small"]
+    assert raw["n"] == calibrated["n"] < len(RECORDS)  # judged on the test split only
+    assert raw["ece"] > 0.2 and calibrated["ece"] < 0.1
+    fitted = report["fitted"]
+    assert fitted.probability("fake-small", 0.9) > 0.9  # alpha: always right
+    assert 0.3 < fitted.probability("fake-small", 0.8) < 0.7  # beta and gamma pooled: half right
+    op = report["operating_point"]
+    assert fitted.probability("fake-small", 0.8) < op["review_threshold"] <= fitted.probability("fake-small", 0.9)
+    t = op["on_test"]
+    assert t["accepted_error"] == 0.0 and 0.5 < t["review_rate"] < 0.8 and t["accepted_share"] + t["review_rate"] == 1
+    assert op["ece_raw"] > 0.2 and op["ece"] < 0.1
+    node = overconfident().replace(
+        calibration=fitted, policy=Policy(threshold=0.0, review_threshold=op["review_threshold"])
+    )
+    sure, unsure = node.run("alpha 99"), node.run("beta 99")
+    assert sure.status == "accepted" and unsure.status == "needs_review" and unsure.value == "a"
+    attempt = unsure.attempts[0]
+    assert attempt.details["raw_confidence"] == pytest.approx(0.8)
+    assert attempt.confidence == pytest.approx(fitted.probability("fake-small", 0.8))
+    assert "+calibrated:" in attempt.confidence_method
+    assert "< review threshold" in unsure.reason
+    assert node.config_hash() != overconfident().config_hash()
+
+
+def test_eval_leaves_confidence_raw_when_too_few_records_and_says_so():
+    report = evaluate_node(overconfident(), RECORDS[:30], max_error=0.03)
+    assert not report["confidence"]["calibrated"] and "too few" in report["confidence"]["note"]
+    assert "fitted" not in report and report["operating_point"]["ece"] == report["operating_point"]["ece_raw"]
+
+
+def test_a_config_file_carries_the_threshold_review_bar_and_calibration(tmp_path):
+    fitted = evaluate_node(overconfident(), RECORDS, max_error=0.03)["fitted"]
+    (tmp_path / "eval").mkdir()
+    fitted.save(tmp_path / "eval" / "calibration.json")
+
+    def rules() -> Node:
+        return Node(Classify(["a", "b"]), ["rules"], name="toy")
+
+    config = tmp_path / "agentkit.toml"
+    settings = save_threshold(config, rules(), 0.3, review_threshold=0.9, calibration=fitted.source)
+    assert settings["calibration"] == "eval/calibration.json"  # relative to the file: the folder can move
+    node = rules()
+    assert apply(config, [node]) == ["toy"]
+    assert node.calibration is not None and node.calibration.data == fitted.data
+    assert node.policy.threshold == 0.3 and node.policy.review_threshold == 0.9
+    save_threshold(config, node, 0.5)  # chosen on raw confidences: the calibration line goes
+    assert "calibration" not in load(config)["toy"]

@@ -33,8 +33,16 @@ def evaluate(
         Path | None,
         typer.Option("--tuned", help="an `agentkit tune` folder: its tuned tier side by side with the stock one"),
     ] = None,
+    max_error: Annotated[
+        float | None,
+        typer.Option("--max-error", help="review bar: at most this share wrong among answers accepted as confident"),
+    ] = None,
+    fit: Annotated[
+        bool, typer.Option("--fit/--raw", help="calibrate each tier's confidence on the calibration split")
+    ] = True,
 ) -> None:
-    """Small-only vs large-only vs the cascade at a threshold sweep; a calibrated threshold."""
+    """Small-only vs large-only vs the cascade at a threshold sweep; calibrated confidence, a threshold
+    and a review bar chosen on a calibration split and measured on a test split."""
     from agentkit import config as node_config
     from agentkit.eval import THRESHOLDS, evaluate_node, evaluate_workflow
     from agentkit.eval.report import print_report, write_html, write_json
@@ -68,7 +76,7 @@ def evaluate(
             report = evaluate_node(
                 loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
                 cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
-                ladders=ladders,
+                ladders=ladders, fit=fit, max_error=max_error,
             )  # fmt: skip
         else:
             report = evaluate_workflow(
@@ -77,8 +85,18 @@ def evaluate(
     report["data"] = str(data)
     print_report(report, err)
     err.print(f"report: {write_json(report, out / 'report.json')}  {write_html(report, out / 'report.html')}")
+    fitted = report.get("fitted")
+    if fitted is not None:
+        err.print(f"calibration: {fitted.save(out / 'calibration.json')}")
     if write_config is not None and isinstance(loaded, Node) and "calibration" in report:
-        settings = node_config.save_threshold(write_config, loaded, report["calibration"]["threshold"])
-        err.print(f"threshold {settings['threshold']:g} for node {loaded.name!r} written to {write_config}")
+        settings = node_config.save_threshold(
+            write_config, loaded, report["calibration"]["threshold"],
+            review_threshold=report.get("operating_point", {}).get("review_threshold"),
+            calibration=fitted.source if fitted is not None else None,
+        )  # fmt: skip
+        bars = f"threshold {settings['threshold']:g}"
+        if "review_threshold" in settings:
+            bars += f", review below {settings['review_threshold']:.3f}"
+        err.print(f"{bars} for node {loaded.name!r} written to {write_config}")
     if report.get("interrupted"):
         raise typer.Exit(130)

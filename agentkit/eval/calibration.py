@@ -1,13 +1,46 @@
-"""Choosing the cascade configuration to run, and the ratios the literature reports for it."""
+"""Choosing what a node runs with — each tier's confidence calibrated, the cascade's threshold, the bar
+below which answers go to review — and the ratios the literature reports for it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentkit.calibration import TierCalibration
 from agentkit.errors import ConfigError
+from agentkit.eval.answers import TierAnswer
+from agentkit.eval.cascades import CascadeOutcome
 
-__all__ = ["calibrate", "headline"]
+__all__ = ["calibrate", "fit_confidence", "headline", "review_bar"]
+
+
+def fit_confidence(
+    table: Sequence[Sequence[TierAnswer]], scores: Sequence[Sequence[float]], names: Sequence[str], which: Sequence[int]
+) -> tuple[TierCalibration | None, str]:
+    """Per tier, an isotonic map from its confidence to the probability that its answer is right (scores
+    in full), fitted on the items ``which``; ``scores[t][i]`` is tier ``t``'s score on item ``i``. Tiers that
+    give no confidence are left out. ``None`` and why, when there are too few answers to fit."""
+    samples = {
+        name: [(table[i][t].confidence, scores[t][i] >= 1 - 1e-9) for i in which if table[i][t].confidence is not None]
+        for t, name in enumerate(names)
+    }
+    samples = {name: pairs for name, pairs in samples.items() if pairs}
+    try:
+        return TierCalibration.fit(samples), f"fitted on {len(which)} items"  # type: ignore[arg-type]
+    except ConfigError as e:
+        return None, f"{e}; confidences left raw"
+
+
+def review_bar(outcomes: Sequence[CascadeOutcome], scores: Sequence[float], floor: float, max_error: float) -> float:
+    """The lowest confidence (at least ``floor``) at which the answers accepted at or above it are wrong at
+    most ``max_error`` of the time on these items; 1.0 when no bar gets there."""
+    answered = [(o.confidence, s) for o, s in zip(outcomes, scores, strict=True) if o.tier is not None]
+    bars = sorted({c for c, _ in answered if c is not None and c >= floor} | {floor})
+    for bar in bars:
+        kept = [s for c, s in answered if c is not None and c >= bar]
+        if kept and 1 - sum(kept) / len(kept) <= max_error + 1e-9:
+            return bar
+    return 1.0
 
 
 def calibrate(

@@ -28,6 +28,8 @@ class CascadeOutcome:
     escalated: bool
     abstained: bool = False
     confidence: float | None = None
+    review: bool = False
+    """Accepted, but marked for review (``Result.needs_review``)."""
 
 
 def cascade(
@@ -55,7 +57,10 @@ def cascade(
     if decision.action == "accept":
         assert decision.index is not None
         taken = row[decision.index]
-        return CascadeOutcome(taken.value, decision.index, cost, seconds, escalated, confidence=taken.confidence)
+        review = decision.how == "below_threshold"
+        return CascadeOutcome(
+            taken.value, decision.index, cost, seconds, escalated, confidence=taken.confidence, review=review
+        )
     if decision.action == "abstain":
         value = row[decision.index].value if decision.index is not None else abstention
         return CascadeOutcome(value, None, cost, seconds, escalated, abstained=True)
@@ -64,14 +69,19 @@ def cascade(
 
 def figures(outcomes: Sequence[CascadeOutcome], scores: Sequence[float], n_tiers: int) -> dict[str, Any]:
     """Score (mean, 95% interval), escalation rate, share answered per tier, cost per item and per
-    answer (all attempts counted), latency p50/p95 and failures of one configuration."""
+    answer (all attempts counted), latency p50/p95 and failures of one configuration; the share of
+    items accepted as confident (not marked for review) and the error among them."""
     n = len(outcomes)
     answered = sum(o.tier is not None or o.abstained for o in outcomes)
     cost = sum(o.cost_usd for o in outcomes)
     score = sum(scores) / n if n else 0.0
+    confident = [s for o, s in zip(outcomes, scores, strict=True) if o.tier is not None and not o.review]
     return {
         "score": score,
         "ci95": wilson(sum(scores), n),
+        "accepted_share": len(confident) / n if n else 0.0,
+        "accepted_error": 1 - sum(confident) / len(confident) if confident else None,
+        "review_rate": sum(o.review for o in outcomes) / n if n else 0.0,
         "escalation_rate": sum(o.escalated for o in outcomes) / n if n else 0.0,
         "answered_by": [sum(o.tier == t for o in outcomes) / n if n else 0.0 for t in range(n_tiers)],
         "abstained": sum(o.abstained for o in outcomes) / n if n else 0.0,

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from agentkit.data import normalize_text, split_of
 from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
-from agentkit.eval.calibration import calibrate, headline
-from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, configurations, figures
+from agentkit.eval.calibration import calibrate, fit_confidence, headline, review_bar
+from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, cascade, configurations, figures
 from agentkit.node import Node
 from agentkit.task import Task
 
@@ -45,6 +45,8 @@ def evaluate_node(
     fields: Mapping[str, str] | None = None,
     on_item: Callable[[int, int], None] | None = None,
     ladders: Mapping[str, Sequence[int]] | None = None,
+    fit: bool = True,
+    max_error: float | None = None,
 ) -> dict[str, Any]:
     """Every number about ``node`` on labelled ``records`` (``input``, ``expected``, optional ``id``).
 
@@ -53,7 +55,14 @@ def evaluate_node(
     threshold is chosen (:func:`calibrate`), and a test part, where it is reported. ``kinds`` and
     ``fields`` are passed to :func:`agentkit.eval.metrics.extraction`. ``on_item(done, total)`` reports
     progress. ``ladders`` adds sub-ladder cascades (see :func:`configurations`). Ctrl-C stops
-    answering and reports on the items answered so far."""
+    answering and reports on the items answered so far.
+
+    Tiers answer uncalibrated; with ``fit``, each tier's confidence is calibrated on the calibration
+    split (:func:`fit_confidence`, kept as ``report["fitted"]``, a
+    :class:`~agentkit.calibration.TierCalibration`) and every configuration is derived on the calibrated
+    values, as a node given that calibration runs. ``max_error``: the chosen cascade's review bar is the
+    lowest confidence at which its accepted answers are wrong at most that often on the calibration split
+    (:func:`review_bar`); ``report["operating_point"]`` has it, measured on the test split."""
     kind = node.task.kind
     pool = _pool_texts(node.task)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
@@ -62,7 +71,8 @@ def evaluate_node(
     interrupted = False
     t0 = time.perf_counter()
     try:
-        for i, row in iter_answers(node, [r["input"] for r in kept], ids=ids, cache=cache):
+        asked = node.replace(calibration=None) if node.calibration is not None else node
+        for i, row in iter_answers(asked, [r["input"] for r in kept], ids=ids, cache=cache):
             table.append(row)
             if on_item:
                 on_item(i + 1, len(kept))
@@ -73,14 +83,13 @@ def evaluate_node(
     abstention = node.task.abstention("") if node.policy.when_unsure == "abstain" else None
     opts = {"kinds": kinds, "fields": fields} if kind == "extract" else {}
 
-    def judge(outs: Sequence[CascadeOutcome], which: Sequence[int]) -> dict[str, Any]:
-        values = [outs[i].value for i in which]
-        golds = [expected[i] for i in which]
-        scores = [metrics.item_score(kind, v, g, **opts) for v, g in zip(values, golds, strict=True)]
-        picked = [outs[i] for i in which]
-        return figures(picked, scores, len(node.tiers)) | {"quality": metrics.quality(kind, values, golds, **opts)}
+    def score(outs: Sequence[CascadeOutcome], which: Sequence[int]) -> list[float]:
+        return [metrics.item_score(kind, outs[i].value, expected[i], **opts) for i in which]
 
-    configs = configurations(table, node.policy, thresholds, abstention, ladders, node.task.is_abstention)
+    def judge(outs: Sequence[CascadeOutcome], which: Sequence[int]) -> dict[str, Any]:
+        quality = metrics.quality(kind, [outs[i].value for i in which], [expected[i] for i in which], **opts)
+        return figures([outs[i] for i in which], score(outs, which), len(node.tiers)) | {"quality": quality}
+
     every = list(range(len(done)))
     calib = [
         i for i in every if split_of(str(done[i]["input"]), seed=seed + 1, test_fraction=calibration_share) == "test"
@@ -92,6 +101,21 @@ def evaluate_node(
     else:
         split_note = f"calibration {len(calib)} / test {len(test)} items (seed {seed + 1})"
     names = [t.name for t in node.tiers]
+    tier_scores = [  # each tier's own answer, scored
+        [metrics.item_score(kind, r[t].value if r[t].valid else None, expected[i], **opts) for i, r in enumerate(table)]
+        for t in range(len(names))
+    ]
+    fitted, fit_note = fit_confidence(table, tier_scores, names, calib) if fit and done else (None, "not fitted")
+    runs = table
+    if fitted is not None:
+        runs = [
+            [
+                replace(a, confidence=fitted.probability(names[t], a.confidence)) if a.confidence is not None else a
+                for t, a in enumerate(row)
+            ]
+            for row in table
+        ]
+    configs = configurations(runs, node.policy, thresholds, abstention, ladders, node.task.is_abstention)
     report: dict[str, Any] = {
         "target": node.name,
         "kind": kind,
@@ -102,17 +126,23 @@ def evaluate_node(
         "interrupted": interrupted,
         "wall_s": time.perf_counter() - t0,
         "split": split_note,
+        "confidence": {"calibrated": fitted is not None, "note": fit_note},
         "all": {k: judge(v, every) for k, v in configs.items()} if done else {},
     }
-    reliability = {}
-    for t, name in enumerate(names):
-        scores = [
-            metrics.item_score(kind, row[t].value if row[t].valid else None, g, **opts)
-            for row, g in zip(table, expected, strict=True)
-        ]
-        reliability[name] = metrics.reliability([row[t].confidence for row in table], scores)
-    report["reliability"] = reliability
-    if len(node.tiers) > 1 and done:
+    shown = test if fitted is not None else every  # a fitted map is judged on items it was not fitted on
+    report["reliability"] = {
+        name: metrics.reliability([runs[i][t].confidence for i in shown], [tier_scores[t][i] for i in shown])
+        for t, name in enumerate(names)
+    }
+    if fitted is not None:
+        report["reliability_raw"] = {
+            name: metrics.reliability([table[i][t].confidence for i in shown], [tier_scores[t][i] for i in shown])
+            for t, name in enumerate(names)
+        }
+        report["fitted"] = fitted
+    if not done:
+        return report
+    if len(node.tiers) > 1:
         on_calib = {k: judge(v, calib) for k, v in configs.items()}
         pick, rule = calibrate(on_calib, target=target, budget=budget)
         on_test = {k: judge(v, test) for k, v in configs.items()}
@@ -126,7 +156,45 @@ def evaluate_node(
         }
         report["test"] = on_test
         report["headline"] = headline(on_test, pick)
+    if max_error is not None:
+        report["operating_point"] = _operating_point(
+            node, runs, table, report.get("calibration", {}).get("threshold", 0.0), max_error, calib, test,
+            judge, score, abstention,
+        )  # fmt: skip
     return report
+
+
+def _operating_point(
+    node: Node,
+    runs: Sequence[Sequence[TierAnswer]],
+    raw: Sequence[Sequence[TierAnswer]],
+    threshold: float,
+    max_error: float,
+    calib: Sequence[int],
+    test: Sequence[int],
+    judge: Callable[[Sequence[CascadeOutcome], Sequence[int]], dict[str, Any]],
+    score: Callable[[Sequence[CascadeOutcome], Sequence[int]], list[float]],
+    abstention: Any,
+) -> dict[str, Any]:
+    """The chosen cascade with a review bar for ``max_error`` (chosen on ``calib``), judged on ``test``,
+    and the calibration error of its answers' confidence, raw and as run."""
+    policy = replace(node.policy, threshold=threshold)
+    outs = [cascade(row, policy, abstention, node.task.is_abstention) for row in runs]
+    bar = review_bar([outs[i] for i in calib], score(outs, calib), threshold, max_error)
+    policy = replace(policy, review_threshold=bar)
+    outs = [cascade(row, policy, abstention, node.task.is_abstention) for row in runs]
+    on_test = judge(outs, test)
+    answered = [i for i in test if outs[i].tier is not None]
+    scores = dict(zip(test, score(outs, test), strict=True))
+    raw_conf = [raw[i][outs[i].tier].confidence for i in answered]  # type: ignore[index]
+    return {
+        "threshold": threshold,
+        "review_threshold": bar,
+        "max_error": max_error,
+        "on_test": on_test,
+        "ece": metrics.reliability([outs[i].confidence for i in answered], [scores[i] for i in answered])["ece"],
+        "ece_raw": metrics.reliability(raw_conf, [scores[i] for i in answered])["ece"],
+    }
 
 
 # ---- evaluating a workflow ---------------------------------------------------------------------

@@ -100,9 +100,29 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         elif "gap" in h:
             parts.append(f"the larger tier is not better here (gap {h['gap']:+.3f}): escalation cannot help")
         console.print("; ".join(parts))
+    raw = report.get("reliability_raw", {})
     for name, r in report.get("reliability", {}).items():
-        if r["ece"] is not None:
+        if r["ece"] is None:
+            continue
+        if name in raw and raw[name]["ece"] is not None:  # calibrated: judged on the test split
+            console.print(
+                f"{name}: expected calibration error {raw[name]['ece']:.3f} raw -> {r['ece']:.3f} calibrated"
+                f" over {r['n']} test answers"
+            )
+        else:
             console.print(f"{name}: expected calibration error {r['ece']:.3f} over {r['n']} answers")
+    if report.get("confidence") and not report["confidence"]["calibrated"]:
+        console.print(f"confidence not calibrated: {report['confidence']['note']}")
+    op = report.get("operating_point")
+    if op:
+        t = op["on_test"]
+        wrong = "-" if t["accepted_error"] is None else f"{t['accepted_error']:.1%}"
+        console.print(
+            f"review below {op['review_threshold']:.3f} (at most {op['max_error']:.0%} wrong among accepted, on the"
+            f" calibration split); on the test split: accepted {t['accepted_share']:.0%}, {wrong} of them wrong,"
+            f" review {t['review_rate']:.0%}; calibration error of the answers' confidence"
+            f" {_num(op['ece_raw'])} raw -> {_num(op['ece'])}"
+        )
     if report.get("left_out_in_pool"):
         console.print(f"{report['left_out_in_pool']} records left out: their input is in the node's example pool")
     if report.get("interrupted"):
@@ -110,10 +130,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    """The report as JSON (a fitted calibration is saved on its own: ``TierCalibration.save``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    body = {k: v for k, v in report.items() if k != "fitted"}
+    path.write_text(json.dumps(body, indent=1, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _svg(fig: Figure) -> str:
