@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from agentkit.errors import ConfigError
 
-__all__ = ["MIN_SAMPLES", "FieldCalibration", "FieldSample", "Isotonic", "State", "TierCalibration"]
+__all__ = ["MIN_SAMPLES", "Agreement", "FieldCalibration", "FieldSample", "Isotonic", "State", "TierCalibration"]
 
 State = Literal["confirmed", "free", "null", "settled"]
 """How a field's value came about: a labelled example has it (``confirmed``), the model wrote it
@@ -154,22 +154,32 @@ class FieldCalibration:
 
     @classmethod
     def load(cls, path: str | Path) -> FieldCalibration:
-        body = _load(path, lambda maps: {f: {s: Isotonic.from_dict(m) for s, m in v.items()} for f, v in maps.items()})
+        body = _load(path, "maps")
         return cls(body["maps"], body.get("data", ""), body.get("n", 0), body.get("meta", {}))
+
+
+Agreement = Literal["agrees", "differs"]
+"""An answer against the answer of the tier asked before it: the same value, or another (or none)."""
+
+MIN_STATE_SAMPLES = 10
+"""A tier's answers in one agreement state get a map of their own from this many labelled ones on."""
 
 
 @dataclass
 class TierCalibration:
-    """Per tier of a ladder, the probability that its answer is right given the confidence it reports.
+    """Per tier of a ladder, the probability that its answer is right given the confidence it reports and
+    whether it agrees with the tier asked before it.
 
     Fitted by ``agentkit eval`` on labelled records (:meth:`fit`); a :class:`~agentkit.node.Node` given one
     replaces each answer's confidence by its calibrated value (the raw one stays in the details), so the
-    policy's thresholds read as probabilities of being right. A tier without a map keeps its raw score."""
+    policy's thresholds read as probabilities of being right. A tier without a map keeps its raw score.
+    Agreement matters because a tier above the first is asked about the inputs the tiers below were unsure
+    of: where it repeats their answer it is right far more often than where it overrules them."""
 
-    maps: dict[str, Isotonic]
-    """tier name -> map."""
+    maps: dict[str, dict[str, Isotonic]]
+    """tier name -> ``all`` | ``agrees`` | ``differs`` -> map (``all``: whatever the agreement)."""
     data: str = ""
-    """sha256 of the (tier, confidence, right) samples it was fitted on."""
+    """sha256 of the (tier, confidence, right, agreement) samples it was fitted on."""
     meta: dict[str, Any] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)
     """The file it was loaded from or saved to (what a config file names)."""
@@ -177,37 +187,47 @@ class TierCalibration:
     @classmethod
     def fit(
         cls,
-        samples: Mapping[str, Sequence[tuple[float, bool]]],
+        samples: Mapping[str, Sequence[tuple[float, bool, Agreement | None]]],
         *,
         min_samples: int = MIN_SAMPLES,
         meta: Mapping[str, Any] | None = None,
     ) -> TierCalibration:
-        """One map per tier from its (confidence, right) samples; a tier with fewer than ``min_samples``
-        is refused with a :class:`ConfigError`."""
+        """Maps per tier from its (confidence, right, agreement with the tier before) samples: one over all,
+        and one per agreement state with at least :data:`MIN_STATE_SAMPLES`. A tier with fewer than
+        ``min_samples`` is refused with a :class:`ConfigError`."""
         short = {t: len(v) for t, v in samples.items() if len(v) < min_samples}
         if not samples or short:
             raise ConfigError(
                 f"too few labelled answers to calibrate: {short or 'none'} (at least {min_samples} per tier)",
                 hint="label more records, or evaluate on more of them",
             )
-        maps = {t: Isotonic.fit([c for c, _ in v], [r for _, r in v]) for t, v in samples.items()}
-        rows = sorted((t, float(c), bool(r)) for t, v in samples.items() for c, r in v)
-        digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        maps: dict[str, dict[str, Isotonic]] = {}
+        for tier, rows in samples.items():
+            maps[tier] = {"all": Isotonic.fit([c for c, _, _ in rows], [r for _, r, _ in rows])}
+            for state in ("agrees", "differs"):
+                part = [(c, r) for c, r, a in rows if a == state]
+                if len(part) >= MIN_STATE_SAMPLES:
+                    maps[tier][state] = Isotonic.fit([c for c, _ in part], [r for _, r in part])
+        every = sorted((t, float(c), bool(r), a or "") for t, v in samples.items() for c, r, a in v)
+        digest = hashlib.sha256(json.dumps(every).encode()).hexdigest()
         return cls(maps, digest, {"n": {t: len(v) for t, v in samples.items()}, **(meta or {})})
 
-    def probability(self, tier: str, confidence: float) -> float | None:
-        """P(right) of ``tier``'s answer at ``confidence``; ``None`` when the tier has no map."""
-        m = self.maps.get(tier)
-        return m(confidence) if m is not None else None
+    def probability(self, tier: str, confidence: float, agreement: Agreement | None = None) -> float | None:
+        """P(right) of ``tier``'s answer at ``confidence`` (and ``agreement`` with the tier before, when that
+        state has a map); ``None`` when the tier has no map."""
+        maps = self.maps.get(tier)
+        if maps is None:
+            return None
+        return (maps.get(agreement or "all") or maps["all"])(confidence)
 
     def save(self, path: str | Path) -> Path:
-        maps = {t: m.as_dict() for t, m in self.maps.items()}
+        maps = {t: {a: m.as_dict() for a, m in states.items()} for t, states in self.maps.items()}
         self.source = _save(path, {"data": self.data, "meta": self.meta, "tiers": maps})
         return self.source
 
     @classmethod
     def load(cls, path: str | Path) -> TierCalibration:
-        body = _load(path, lambda maps: {t: Isotonic.from_dict(m) for t, m in maps.items()}, key="tiers")
+        body = _load(path, "tiers")
         return cls(body["tiers"], body.get("data", ""), body.get("meta", {}), Path(path))
 
 
@@ -217,11 +237,12 @@ def _save(path: str | Path, body: Mapping[str, Any]) -> Path:
     return path
 
 
-def _load(path: str | Path, maps: Any, *, key: str = "maps") -> dict[str, Any]:
-    """A saved calibration's body with its ``key`` read by ``maps``; a clear error when it cannot be read."""
+def _load(path: str | Path, key: str) -> dict[str, Any]:
+    """A saved calibration's body, its two-level table of maps under ``key`` read back; a clear error when
+    it cannot be read."""
     try:
         body: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-        body[key] = maps(body[key])
+        body[key] = {k: {state: Isotonic.from_dict(m) for state, m in v.items()} for k, v in body[key].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot read the calibration {path}: {e}") from None
     return body

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agentkit.calibration import TierCalibration
+from agentkit.calibration import Agreement, TierCalibration
 from agentkit.errors import AgentkitError, InputError, TaskFailed
 from agentkit.policy import Decision, Policy, Rung, Verdict
 from agentkit.result import Attempt, Result, Trace, publish
@@ -142,6 +142,7 @@ class Node:
                 attempt = Attempt(tier=tier.name, outcome="engine_error", reason=reason)
             else:
                 attempt = self.attempt(tier, text, until=until)
+                self._calibrate(attempt, result.attempts[-1] if result.attempts else None)
             result.attempts.append(attempt)
             rungs.append(self.rung(attempt))
             decision = self.policy.decide(rungs, tiers=len(self.tiers))
@@ -265,14 +266,18 @@ class Node:
         )
         if answer.problems:
             attempt.outcome, attempt.reason = "invalid", "; ".join(answer.problems)
-        self._calibrate(attempt)
         return attempt
 
-    def _calibrate(self, attempt: Attempt) -> None:
-        """Replace ``attempt``'s confidence by its tier's calibrated probability of being right, if any."""
+    def _calibrate(self, attempt: Attempt, before: Attempt | None) -> None:
+        """Replace ``attempt``'s confidence by its tier's calibrated probability of being right (given whether
+        it agrees with ``before``, the attempt of the tier asked before it), if there is a map for it."""
         if self.calibration is None or attempt.confidence is None:
             return
-        p = self.calibration.probability(attempt.tier, attempt.confidence)
+        agreement: Agreement | None = None
+        if before is not None:
+            same = before.outcome != "invalid" and before.value is not None and before.value == attempt.value
+            agreement = "agrees" if same and attempt.outcome == "accepted" else "differs"
+        p = self.calibration.probability(attempt.tier, attempt.confidence, agreement)
         if p is not None:
             attempt.details.setdefault("raw_confidence", attempt.confidence)
             attempt.confidence = p

@@ -128,13 +128,13 @@ RECORDS = [
 
 
 def test_tier_calibration_round_trips_and_refuses_too_few(tmp_path):
-    fitted = TierCalibration.fit({"small": [(0.9, True), (0.8, False)] * 20})
+    fitted = TierCalibration.fit({"small": [(0.9, True, None), (0.8, False, None)] * 20})
     again = TierCalibration.load(fitted.save(tmp_path / "c.json"))
     assert again.maps == fitted.maps and again.data == fitted.data and again.source == tmp_path / "c.json"
     assert again.probability("small", 0.9) > 0.9 > 0.1 > again.probability("small", 0.8)
     assert again.probability("another tier", 0.9) is None
     with pytest.raises(ConfigError, match="too few labelled answers"):
-        TierCalibration.fit({"small": [(0.9, True)] * 10})
+        TierCalibration.fit({"small": [(0.9, True, None)] * 10})
     with pytest.raises(ConfigError, match="cannot read the calibration"):
         TierCalibration.load(tmp_path / "missing.json")
 
@@ -189,3 +189,23 @@ def test_a_config_file_carries_the_threshold_review_bar_and_calibration(tmp_path
     assert node.policy.threshold == 0.3 and node.policy.review_threshold == 0.9
     save_threshold(config, node, 0.5)  # chosen on raw confidences: the calibration line goes
     assert "calibration" not in load(config)["toy"]
+
+
+def test_an_upper_tier_is_calibrated_by_whether_it_agrees_with_the_tier_below():
+    """The large tier says b at 0.9 to everything: right where the small one said b too (gamma texts),
+    wrong where it overrules the small one (alpha texts, which are a). One map over both would say 0.5."""
+    large = Tier(spec="fake:large", name="fake-large", engine=FakeEngine(replies=["b"], confidence=0.9))
+    records = [r for r in RECORDS if not r["input"].startswith("beta")]
+    node = overconfident().replace(tiers=[overconfident().tiers[0], large], policy=Policy(threshold=0.99))
+    fitted = evaluate_node(node, records)["fitted"]
+    agrees, differs = (fitted.probability("fake-large", 0.9, a) for a in ("agrees", "differs"))
+    assert agrees > 0.9 > 0.1 > differs
+    assert 0.3 < fitted.probability("fake-large", 0.9) < 0.7
+    unsure = {"all": Isotonic((1.0,), (0.5,), (40,))}  # the small tier at 0.5 whatever it says: always escalates
+    run = node.replace(calibration=TierCalibration({"fake-small": unsure, "fake-large": fitted.maps["fake-large"]}))
+    for text, state in (("gamma 99", "agrees"), ("alpha 99", "differs")):
+        result = run.run(text)
+        attempt = result.attempts[1]
+        assert attempt.value == "b" and attempt.details["raw_confidence"] == pytest.approx(0.9)
+        assert attempt.confidence == pytest.approx(fitted.probability("fake-large", 0.9, state))  # type: ignore[arg-type]
+        assert result.needs_review == (state == "differs")

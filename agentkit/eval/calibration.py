@@ -6,27 +6,40 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentkit.calibration import TierCalibration
+from agentkit.calibration import Agreement, TierCalibration
 from agentkit.errors import ConfigError
 from agentkit.eval.answers import TierAnswer
 from agentkit.eval.cascades import CascadeOutcome
 
-__all__ = ["calibrate", "fit_confidence", "headline", "review_bar"]
+__all__ = ["agreement", "calibrate", "fit_confidence", "headline", "review_bar"]
+
+
+def agreement(row: Sequence[TierAnswer], t: int) -> Agreement | None:
+    """Whether tier ``t``'s answer repeats the answer of the tier before it (``None`` for the first tier)."""
+    if t == 0:
+        return None
+    before = row[t - 1]
+    return "agrees" if before.valid and row[t].valid and before.value == row[t].value else "differs"
 
 
 def fit_confidence(
     table: Sequence[Sequence[TierAnswer]], scores: Sequence[Sequence[float]], names: Sequence[str], which: Sequence[int]
 ) -> tuple[TierCalibration | None, str]:
-    """Per tier, an isotonic map from its confidence to the probability that its answer is right (scores
-    in full), fitted on the items ``which``; ``scores[t][i]`` is tier ``t``'s score on item ``i``. Tiers that
-    give no confidence are left out. ``None`` and why, when there are too few answers to fit."""
+    """Per tier, isotonic maps from its confidence (and its agreement with the tier before) to the probability
+    that its answer is right (scores in full), fitted on the items ``which``; ``scores[t][i]`` is tier ``t``'s
+    score on item ``i``. Tiers that give no confidence are left out. ``None`` and why, when there are too few
+    answers to fit."""
     samples = {
-        name: [(table[i][t].confidence, scores[t][i] >= 1 - 1e-9) for i in which if table[i][t].confidence is not None]
+        name: [
+            (c, scores[t][i] >= 1 - 1e-9, agreement(table[i], t))
+            for i in which
+            if (c := table[i][t].confidence) is not None
+        ]
         for t, name in enumerate(names)
     }
-    samples = {name: pairs for name, pairs in samples.items() if pairs}
+    samples = {name: rows for name, rows in samples.items() if rows}
     try:
-        return TierCalibration.fit(samples), f"fitted on {len(which)} items"  # type: ignore[arg-type]
+        return TierCalibration.fit(samples), f"fitted on {len(which)} items"
     except ConfigError as e:
         return None, f"{e}; confidences left raw"
 

@@ -18,7 +18,7 @@ from typing import Any
 from agentkit.data import normalize_text, split_of
 from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
-from agentkit.eval.calibration import calibrate, fit_confidence, headline, review_bar
+from agentkit.eval.calibration import agreement, calibrate, fit_confidence, headline, review_bar
 from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, cascade, configurations, figures
 from agentkit.node import Node
 from agentkit.task import Task
@@ -110,7 +110,9 @@ def evaluate_node(
     if fitted is not None:
         runs = [
             [
-                replace(a, confidence=fitted.probability(names[t], a.confidence)) if a.confidence is not None else a
+                replace(a, confidence=fitted.probability(names[t], a.confidence, agreement(row, t)))
+                if a.confidence is not None
+                else a
                 for t, a in enumerate(row)
             ]
             for row in table
