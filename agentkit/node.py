@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.calibration import Agreement, TierCalibration
-from agentkit.errors import AgentkitError, InputError, TaskFailed
+from agentkit.errors import AgentkitError, ConfigError, InputError, TaskFailed
 from agentkit.policy import Decision, Policy, Rung, Verdict
 from agentkit.result import Attempt, Result, Trace, publish
 from agentkit.task import Answer, Task
@@ -360,11 +360,23 @@ class Node:
         result.attempts.append(Attempt(tier="-", outcome="input_error", reason=str(error)))
         return self._finish(result)
 
-    def route(self, mapping: Mapping[str, str] | None = None, *, default: str | None = None) -> Callable[[Any], str]:
+    def route(
+        self, mapping: Mapping[str, str] | None = None, *, default: str | None = None, review: str | None = None
+    ) -> Callable[[Any], str]:
         """A function for ``add_conditional_edges``: the node's output value (a label), mapped
-        through ``mapping``; failures and unmapped labels go to ``default``."""
+        through ``mapping``; failures and unmapped labels go to ``default``. ``review``: the branch for
+        answers marked for review (a person), read from the node's ``meta`` key, which it then needs."""
+        if review is not None and not self.meta:
+            raise ConfigError(
+                f"node {self.name!r} routes answers marked for review but records no meta",
+                hint='give the node meta="<state key>"',
+            )
+
+        meta = self.meta
 
         def router(state: Any) -> str:
+            if review is not None and meta and _has(state, meta) and (select(state, meta) or {}).get("needs_review"):
+                return review
             value = select(state, self.output) if _has(state, self.output) else None
             if value is None:
                 if default is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +73,7 @@ class ExampleIndex:
         self._vectors: np.ndarray | None = None
         self._texts: Counter[str] | None = None  # normalized input -> count, for ``unseen`` searches
         self._pool_rows: dict[str, int] | None = None  # input -> its row of the dense vectors
+        self._leaving_out = False
         if retrieval != "dense":
             import bm25s
 
@@ -104,18 +106,31 @@ class ExampleIndex:
         top = np.argpartition(-sims, k - 1)[:k]
         return [int(i) for i in top[np.argsort(-sims[top])]]
 
+    @contextmanager
+    def leaving_out(self) -> Iterator[None]:
+        """Inside the block every search is ``unseen``: a labelled example is never retrieved for its own text,
+        so the pool can be both the examples and the records a node is evaluated on (leave-one-out)."""
+        before, self._leaving_out = self._leaving_out, True
+        try:
+            yield
+        finally:
+            self._leaving_out = before
+
     def search(self, query: str, k: int, *, unseen: bool = False) -> list[dict[str, Any]]:
         """The ``k`` most similar examples, most similar first. ``unseen``: leave out examples whose
         text is the query's, as if it were a new input (for training prompts built from the pool)."""
-        if unseen:
+        if unseen or self._leaving_out:
             from agentkit.data import normalize_text
 
             if self._texts is None:
                 self._texts = Counter(normalize_text(_text(e["input"])) for e in self.examples)
             key = normalize_text(_text(query))
             same = self._texts[key]
-            found = self.search(query, k + same) if same else self.search(query, k)
+            found = self._search(query, k + same)
             return [e for e in found if normalize_text(_text(e["input"])) != key][:k]
+        return self._search(query, k)
+
+    def _search(self, query: str, k: int) -> list[dict[str, Any]]:
         k = min(k, len(self.examples))
         if k <= 0:
             return []

@@ -209,3 +209,36 @@ def test_an_upper_tier_is_calibrated_by_whether_it_agrees_with_the_tier_below():
         assert attempt.value == "b" and attempt.details["raw_confidence"] == pytest.approx(0.9)
         assert attempt.confidence == pytest.approx(fitted.probability("fake-large", 0.9, state))  # type: ignore[arg-type]
         assert result.needs_review == (state == "differs")
+
+
+def test_leave_one_out_answers_the_pool_without_itself():
+    """A knn tier (a real part, no model) over a labelled pool: without leave-one-out every pool record is
+    left out of the evaluation; with it each is answered by its neighbours, never by itself."""
+    from agentkit.retrieval import ExampleIndex
+
+    pool = [{"input": f"{w} {i} {w}", "expected": w} for i in range(30) for w in ("apple", "pear")]
+    pool.append({"input": "apple pear lonely", "expected": "plum"})  # its only same-label example is itself
+    index = ExampleIndex(pool)
+    assert index.search("apple pear lonely", 1)[0]["expected"] == "plum"
+    with index.leaving_out():
+        assert index.search("apple pear lonely", 1)[0]["expected"] != "plum"
+    assert index.search("apple pear lonely", 1)[0]["expected"] == "plum"  # the block ends: back as it was
+    node = Node(Classify(["apple", "pear", "plum"], examples=pool, vote_k=3), ["knn"], name="fruit")
+    assert evaluate_node(node, pool)["n"] == 0
+    report = evaluate_node(node, pool, leave_one_out=True)
+    assert report["n"] == len(pool) and report["leave_one_out"]
+    assert report["all"]["tier0"]["score"] == pytest.approx(60 / 61)  # the plum cannot be voted for
+
+
+def test_answers_marked_for_review_route_to_their_own_branch():
+    engine = FakeEngine(replies=["spam"], confidence=0.7)
+    tier = Tier(spec="fake:small", name="fake-small", engine=engine)
+    policy = Policy(threshold=0.5, review_threshold=0.9)
+    node = Node(Classify(["spam", "ham"]), [tier], policy, input="text", output="label", meta="label_meta")
+    router = node.route({"spam": "drop", "ham": "inbox"}, default="inbox", review="person")
+    state = {"text": "WIN a prize"}
+    assert router(state | node(state)) == "person"
+    engine.confidence = 0.95
+    assert router(state | node(state)) == "drop"
+    with pytest.raises(ConfigError, match="records no meta"):
+        Node(Classify(["spam", "ham"]), [tier], policy).route(review="person")

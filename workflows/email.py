@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from agentkit import DEFAULT_LADDER, Classify, Corpus, GroundedAnswer, Node, Policy, Tier, read_jsonl
+from agentkit.calibration import TierCalibration
 from agentkit.documents import Email, parse_email, strip_quoted, strip_signature
 from agentkit.errors import InputError
 from agentkit.tasks.cleanse import clean_whitespace
@@ -38,6 +39,10 @@ from workflows.invoice import extraction_node
 
 EXAMPLES = DATA / "emails_labelled.jsonl"
 """The labelled messages the classifier votes with and shows the models."""
+INSTRUCTIONS = "What kind of email is this? Route it."
+CALIBRATION = DATA / "email_calibration.json"
+"""The classifier's confidence calibration, fitted on those messages, each answered without itself among the
+examples (``python -m workflows.calibrate_email``)."""
 KNOWLEDGE_BASE = DATA / "kb"
 """The help-centre articles support questions are answered from."""
 CATEGORIES = {
@@ -174,35 +179,58 @@ def knowledge_base(folder: str | Path) -> list[Path]:
     return sorted(p for p in articles if p.name.upper() not in ("SOURCE.MD", "README.MD"))
 
 
+def classifier_node(
+    tiers: Sequence[str | Tier] = DEFAULT_LADDER,
+    *,
+    examples: str | Path = EXAMPLES,
+    threshold: float | None = None,
+    review_threshold: float | None = None,
+    calibration: str | Path | None = CALIBRATION,
+) -> Node:
+    """The routing classifier: a ``knn`` vote of the labelled messages, then ``tiers`` scoring each category
+    with the most similar messages in the prompt. Unsure on every tier: it fails (a person decides).
+
+    ``calibration`` (a file, if it exists; the shipped one is fitted on the shipped labelled messages): the
+    confidences are probabilities of being right, and ``threshold`` and ``review_threshold`` default to the
+    ones chosen with it (an answer accepted below the review bar is marked for review). Without one the
+    threshold defaults to 0.75 on raw confidences."""
+    fitted = TierCalibration.load(calibration) if calibration is not None and Path(calibration).is_file() else None
+    chosen = fitted.meta if fitted is not None else {}
+    threshold = threshold if threshold is not None else chosen.get("threshold", 0.75)
+    review_threshold = review_threshold if review_threshold is not None else chosen.get("review_threshold")
+    pool = list(read_jsonl(existing(examples, "the labelled messages")))
+    return Node(
+        Classify(CATEGORIES, instructions=INSTRUCTIONS, examples=pool, k=4, example_chars=400),
+        ["knn", *tiers],
+        Policy(threshold=threshold, review_threshold=review_threshold, when_unsure="fail"),
+        name="classify_email",
+        input="text",
+        output="category",
+        meta="category_meta",
+        calibration=fitted,
+    )
+
+
 def build(
     tiers: Sequence[str | Tier] = DEFAULT_LADDER,
     *,
     examples: str | Path = EXAMPLES,
     kb: str | Path = KNOWLEDGE_BASE,
-    threshold: float = 0.75,
+    threshold: float | None = None,
+    review_threshold: float | None = None,
+    calibration: str | Path | None = CALIBRATION,
     answer_threshold: float = 0.3,
 ) -> CompiledEmailGraph:
     """A compiled email graph: ``examples`` (JSONL, ``input`` and ``expected``) for the classifier, ``kb``
-    (a folder of articles) for support questions, ``threshold`` for the classifier, ``answer_threshold`` for
-    grounded answers (below it on every tier: flagged, "no answer in the knowledge base"). Building it
-    indexes the labelled messages and the knowledge base (BM25, in memory) and loads no model."""
+    (a folder of articles) for support questions, ``threshold`` (and ``review_threshold``, ``calibration``: see
+    :func:`classifier_node`) for the classifier, ``answer_threshold`` for grounded answers (below it on every
+    tier: flagged, "no answer in the knowledge base"). A message the classifier marks for review is flagged
+    for a person. Building it indexes the labelled messages and the knowledge base (BM25, in memory) and loads
+    no model."""
     from langgraph.graph import END, START, StateGraph  # here, not at import: it takes most of a second
 
-    pool = list(read_jsonl(existing(examples, "the labelled messages")))
-    classify = Node(
-        Classify(
-            CATEGORIES,
-            instructions="What kind of email is this? Route it.",
-            examples=pool,
-            k=4,
-            example_chars=400,
-        ),
-        ["knn", *tiers],
-        Policy(threshold=threshold, when_unsure="fail"),  # unsure on every tier → a person decides
-        name="classify_email",
-        input="text",
-        output="category",
-        meta="category_meta",
+    classify = classifier_node(
+        tiers, examples=examples, threshold=threshold, review_threshold=review_threshold, calibration=calibration
     )
     extract = extraction_node(tiers, input="document")
     answer = Node(
@@ -258,10 +286,13 @@ def build(
 
     def flag(state: EmailState) -> dict[str, Any]:
         category = state.get("category")
+        meta = state.get("category_meta") or {}
         if state.get("injected"):
             why = f"gives instructions to an AI ({state['injected']!r}): a person should read it"
         elif category is None:
-            why = "unsure what this is: " + (state.get("category_meta") or {}).get("reason", "")[:200]
+            why = "unsure what this is: " + meta.get("reason", "")[:200]
+        elif meta.get("needs_review"):
+            why = f"probably {category.replace('_', ' ')}, not sure enough: " + meta.get("reason", "")[:200]
         else:
             why = f"{category.replace('_', ' ')}: needs a person"
         return done("flagged", why)(state)
@@ -281,7 +312,9 @@ def build(
     )
     g.add_conditional_edges(
         "classify",
-        classify.route({"invoice": "extract", "support_question": "answer", "spam": "drop"}, default="flag"),
+        classify.route(
+            {"invoice": "extract", "support_question": "answer", "spam": "drop"}, default="flag", review="flag"
+        ),
     )
     g.add_edge("extract", "after_extract")
     g.add_edge("answer", "after_answer")

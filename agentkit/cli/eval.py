@@ -40,6 +40,10 @@ def evaluate(
     fit: Annotated[
         bool, typer.Option("--fit/--raw", help="calibrate each tier's confidence on the calibration split")
     ] = True,
+    leave_one_out: Annotated[
+        bool,
+        typer.Option("--leave-one-out", help="pool records are answered with every example but their own"),
+    ] = False,
 ) -> None:
     """Small-only vs large-only vs the cascade at a threshold sweep; calibrated confidence, a threshold
     and a review bar chosen on a calibration split and measured on a test split."""
@@ -76,7 +80,7 @@ def evaluate(
             report = evaluate_node(
                 loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
                 cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
-                ladders=ladders, fit=fit, max_error=max_error,
+                ladders=ladders, fit=fit, max_error=max_error, leave_one_out=leave_one_out,
             )  # fmt: skip
         else:
             report = evaluate_workflow(

@@ -9,6 +9,7 @@ pool. A workflow (a compiled graph) is evaluated as it runs, in one configuratio
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -26,9 +27,10 @@ from agentkit.task import Task
 __all__ = ["evaluate_node", "evaluate_workflow"]
 
 
-def _pool_texts(task: Task) -> set[str]:
-    index = getattr(task, "index", None)
-    return {normalize_text(str(e["input"])) for e in getattr(index, "examples", [])}
+def _pool_texts(task: Task, *, fixed_only: bool = False) -> set[str]:
+    """The inputs of the task's labelled examples (``fixed_only``: those in its fixed prompt)."""
+    examples = getattr(task, "static", []) if fixed_only else getattr(getattr(task, "index", None), "examples", [])
+    return {normalize_text(str(e["input"])) for e in examples}
 
 
 def evaluate_node(
@@ -47,10 +49,13 @@ def evaluate_node(
     ladders: Mapping[str, Sequence[int]] | None = None,
     fit: bool = True,
     max_error: float | None = None,
+    leave_one_out: bool = False,
 ) -> dict[str, Any]:
     """Every number about ``node`` on labelled ``records`` (``input``, ``expected``, optional ``id``).
 
-    Records whose input is in the node's example pool are left out (counted). The rest are split
+    Records whose input is in the node's example pool are left out (counted); with ``leave_one_out`` they
+    are kept and answered with every example but their own (only examples in the fixed prompt are left
+    out), so a small labelled set can be both the pool and the evaluation. The rest are split
     (by :func:`~agentkit.data.split_of`, duplicates together) into a calibration part, where the
     threshold is chosen (:func:`calibrate`), and a test part, where it is reported. ``kinds`` and
     ``fields`` are passed to :func:`agentkit.eval.metrics.extraction`. ``on_item(done, total)`` reports
@@ -64,18 +69,20 @@ def evaluate_node(
     lowest confidence at which its accepted answers are wrong at most that often on the calibration split
     (:func:`review_bar`); ``report["operating_point"]`` has it, measured on the test split."""
     kind = node.task.kind
-    pool = _pool_texts(node.task)
+    pool = _pool_texts(node.task, fixed_only=leave_one_out)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
     ids = [str(r.get("id") or item_id(r["input"])) for r in kept]
     table: list[list[TierAnswer]] = []
     interrupted = False
     t0 = time.perf_counter()
+    index = getattr(node.task, "index", None)
     try:
         asked = node.replace(calibration=None) if node.calibration is not None else node
-        for i, row in iter_answers(asked, [r["input"] for r in kept], ids=ids, cache=cache):
-            table.append(row)
-            if on_item:
-                on_item(i + 1, len(kept))
+        with index.leaving_out() if leave_one_out and index is not None else contextlib.nullcontext():
+            for i, row in iter_answers(asked, [r["input"] for r in kept], ids=ids, cache=cache):
+                table.append(row)
+                if on_item:
+                    on_item(i + 1, len(kept))
     except KeyboardInterrupt:
         interrupted = True
     done = kept[: len(table)]
@@ -125,6 +132,7 @@ def evaluate_node(
         "policy": asdict(node.policy),
         "n": len(done),
         "left_out_in_pool": len(records) - len(kept),
+        "leave_one_out": leave_one_out,
         "interrupted": interrupted,
         "wall_s": time.perf_counter() - t0,
         "split": split_note,
