@@ -84,11 +84,16 @@ def bench_email(args: argparse.Namespace) -> dict:
     per = collections.defaultdict(lambda: collections.Counter())
     outcomes = collections.defaultdict(lambda: collections.Counter())
     tiers = collections.Counter()
+    right_or_flagged = wrong_confident = flagged = 0
     for x, r in zip(labels, records, strict=True):
         out = r.get("value") or {}
         predicted = out.get("category", "failed")
         per[x["expected"]]["n"] += 1
         per[x["expected"]]["right"] += predicted == x["expected"]
+        to_person = out.get("outcome") == "flagged"  # a person reads it, whatever the label
+        flagged += to_person
+        right_or_flagged += predicted == x["expected"] or to_person
+        wrong_confident += predicted != x["expected"] and not to_person
         outcomes[x["expected"]][out.get("outcome", "failed")] += 1
         classify = next((node for node in r.get("nodes", []) if node["node"] == "classify_email"), {})
         tiers[classify.get("tier") or "-"] += 1
@@ -104,6 +109,9 @@ def bench_email(args: argparse.Namespace) -> dict:
         "bench": "workflows/email",
         "n": n,
         "routing_acc": round(right / n, 4),
+        "right_or_flagged": round(right_or_flagged / n, 4),
+        "wrong_confident": round(wrong_confident / n, 4),
+        "review_rate": round(flagged / n, 4),
         "per_class": {k: round(c["right"] / c["n"], 4) for k, c in per.items()},
         "outcomes": {k: dict(v) for k, v in outcomes.items()},
         "classified_by": dict(tiers),

@@ -242,3 +242,13 @@ def test_answers_marked_for_review_route_to_their_own_branch():
     assert router(state | node(state)) == "drop"
     with pytest.raises(ConfigError, match="records no meta"):
         Node(Classify(["spam", "ham"]), [tier], policy).route(review="person")
+
+
+def test_a_review_bar_from_costs_reviews_where_a_wrong_answer_would_cost_more():
+    report = evaluate_node(overconfident(), RECORDS, costs=(1.0, 4.0))  # review when P(right) < 0.75
+    op, fitted = report["operating_point"], report["fitted"]
+    assert op["review_threshold"] == 0.75 and op["costs"] == (1.0, 4.0)
+    assert fitted.probability("fake-small", 0.8) < 0.75 < fitted.probability("fake-small", 0.9)
+    assert op["on_test"]["accepted_error"] == 0.0 and op["on_test"]["review_rate"] > 0.5
+    with pytest.raises(ConfigError, match="costs"):
+        evaluate_node(overconfident(), RECORDS, costs=(5.0, 1.0))

@@ -37,6 +37,10 @@ def evaluate(
         float | None,
         typer.Option("--max-error", help="review bar: at most this share wrong among answers accepted as confident"),
     ] = None,
+    costs: Annotated[
+        str,
+        typer.Option("--costs", help="REVIEW,WRONG: a review's and a wrong answer's cost"),
+    ] = "",
     fit: Annotated[
         bool, typer.Option("--fit/--raw", help="calibrate each tier's confidence on the calibration split")
     ] = True,
@@ -64,6 +68,9 @@ def evaluate(
                 raise ValueError("--tuned compares the tiers of a node, not a workflow")
             loaded, ladders = comparison(loaded, tuned)
         records = load_records(data, limit)
+        cost_pair = tuple(float(x) for x in costs.split(",")) if costs else None
+        if cost_pair is not None and len(cost_pair) != 2:
+            raise ValueError(f"--costs takes REVIEW,WRONG (two numbers), got {costs!r}")
         sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
         fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
         field_kinds = dict(pair.split("=", 1) for pair in kinds.split(",") if pair.strip())
@@ -80,7 +87,7 @@ def evaluate(
             report = evaluate_node(
                 loaded, records, thresholds=sweep, target=target_score, budget=budget, seed=seed,
                 cache=out / "answers.jsonl", fields=fields or None, kinds=field_kinds or None, on_item=step,
-                ladders=ladders, fit=fit, max_error=max_error, leave_one_out=leave_one_out,
+                ladders=ladders, fit=fit, max_error=max_error, costs=cost_pair, leave_one_out=leave_one_out,
             )  # fmt: skip
         else:
             report = evaluate_workflow(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.data import normalize_text, split_of
+from agentkit.errors import ConfigError
 from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
 from agentkit.eval.calibration import agreement, calibrate, fit_confidence, headline, review_bar
@@ -49,6 +50,7 @@ def evaluate_node(
     ladders: Mapping[str, Sequence[int]] | None = None,
     fit: bool = True,
     max_error: float | None = None,
+    costs: tuple[float, float] | None = None,
     leave_one_out: bool = False,
 ) -> dict[str, Any]:
     """Every number about ``node`` on labelled ``records`` (``input``, ``expected``, optional ``id``).
@@ -67,7 +69,9 @@ def evaluate_node(
     :class:`~agentkit.calibration.TierCalibration`) and every configuration is derived on the calibrated
     values, as a node given that calibration runs. ``max_error``: the chosen cascade's review bar is the
     lowest confidence at which its accepted answers are wrong at most that often on the calibration split
-    (:func:`review_bar`); ``report["operating_point"]`` has it, measured on the test split."""
+    (:func:`review_bar`); ``costs`` (a review's cost, a wrong answer's cost): the bar is where a review costs
+    less than the expected cost of a wrong answer, ``1 - review / wrong`` (on calibrated confidences).
+    ``report["operating_point"]`` has the bar, measured on the test split."""
     kind = node.task.kind
     pool = _pool_texts(node.task, fixed_only=leave_one_out)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
@@ -166,9 +170,11 @@ def evaluate_node(
         }
         report["test"] = on_test
         report["headline"] = headline(on_test, pick)
-    if max_error is not None:
+    if max_error is not None or costs is not None:
+        if costs is not None and not 0 <= costs[0] <= costs[1]:
+            raise ConfigError(f"costs must be (review, wrong) with 0 <= review <= wrong, got {costs}")
         report["operating_point"] = _operating_point(
-            node, runs, table, report.get("calibration", {}).get("threshold", 0.0), max_error, calib, test,
+            node, runs, table, report.get("calibration", {}).get("threshold", 0.0), max_error, costs, calib, test,
             judge, score, abstention,
         )  # fmt: skip
     return report
@@ -179,18 +185,23 @@ def _operating_point(
     runs: Sequence[Sequence[TierAnswer]],
     raw: Sequence[Sequence[TierAnswer]],
     threshold: float,
-    max_error: float,
+    max_error: float | None,
+    costs: tuple[float, float] | None,
     calib: Sequence[int],
     test: Sequence[int],
     judge: Callable[[Sequence[CascadeOutcome], Sequence[int]], dict[str, Any]],
     score: Callable[[Sequence[CascadeOutcome], Sequence[int]], list[float]],
     abstention: Any,
 ) -> dict[str, Any]:
-    """The chosen cascade with a review bar for ``max_error`` (chosen on ``calib``), judged on ``test``,
-    and the calibration error of its answers' confidence, raw and as run."""
+    """The chosen cascade with a review bar for ``max_error`` (chosen on ``calib``) or for ``costs``, judged on
+    ``test``, and the calibration error of its answers' confidence, raw and as run."""
     policy = replace(node.policy, threshold=threshold)
     outs = [cascade(row, policy, abstention, node.task.is_abstention) for row in runs]
-    bar = review_bar([outs[i] for i in calib], score(outs, calib), threshold, max_error)
+    if costs is not None:
+        bar = max(threshold, 1 - costs[0] / costs[1]) if costs[1] else threshold
+    else:
+        assert max_error is not None
+        bar = review_bar([outs[i] for i in calib], score(outs, calib), threshold, max_error)
     policy = replace(policy, review_threshold=bar)
     outs = [cascade(row, policy, abstention, node.task.is_abstention) for row in runs]
     on_test = judge(outs, test)
@@ -201,6 +212,7 @@ def _operating_point(
         "threshold": threshold,
         "review_threshold": bar,
         "max_error": max_error,
+        "costs": costs,
         "on_test": on_test,
         "ece": metrics.reliability([outs[i].confidence for i in answered], [scores[i] for i in answered])["ece"],
         "ece_raw": metrics.reliability(raw_conf, [scores[i] for i in answered])["ece"],

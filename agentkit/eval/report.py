@@ -117,9 +117,14 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     if op:
         t = op["on_test"]
         wrong = "-" if t["accepted_error"] is None else f"{t['accepted_error']:.1%}"
+        why = (
+            f"a review costs less than a wrong answer's expected cost, {op['costs'][0]:g} vs {op['costs'][1]:g}"
+            if op.get("costs")
+            else f"at most {op['max_error']:.0%} wrong among accepted, on the calibration split"
+        )
         console.print(
-            f"review below {op['review_threshold']:.3f} (at most {op['max_error']:.0%} wrong among accepted, on the"
-            f" calibration split); on the test split: accepted {t['accepted_share']:.0%}, {wrong} of them wrong,"
+            f"review below {op['review_threshold']:.3f} ({why}); on the test split: accepted"
+            f" {t['accepted_share']:.0%}, {wrong} of them wrong,"
             f" review {t['review_rate']:.0%}; calibration error of the answers' confidence"
             f" {_num(op['ece_raw'])} raw -> {_num(op['ece'])}"
         )
