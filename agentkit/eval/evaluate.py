@@ -72,6 +72,8 @@ def evaluate_node(
     (:func:`review_bar`); ``costs`` (a review's cost, a wrong answer's cost): the bar is where a review costs
     less than the expected cost of a wrong answer, ``1 - review / wrong`` (on calibrated confidences).
     ``report["operating_point"]`` has the bar, measured on the test split."""
+    if costs is not None and not 0 <= costs[0] <= costs[1]:
+        raise ConfigError(f"costs must be (review, wrong) with 0 <= review <= wrong, got {costs}")
     kind = node.task.kind
     pool = _pool_texts(node.task, fixed_only=leave_one_out)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
@@ -171,8 +173,6 @@ def evaluate_node(
         report["test"] = on_test
         report["headline"] = headline(on_test, pick)
     if max_error is not None or costs is not None:
-        if costs is not None and not 0 <= costs[0] <= costs[1]:
-            raise ConfigError(f"costs must be (review, wrong) with 0 <= review <= wrong, got {costs}")
         report["operating_point"] = _operating_point(
             node, runs, table, report.get("calibration", {}).get("threshold", 0.0), max_error, costs, calib, test,
             judge, score, abstention,
