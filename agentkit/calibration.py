@@ -22,7 +22,16 @@ from typing import Any, Literal
 
 from agentkit.errors import ConfigError
 
-__all__ = ["MIN_SAMPLES", "Agreement", "FieldCalibration", "FieldSample", "Isotonic", "State", "TierCalibration"]
+__all__ = [
+    "MIN_SAMPLES",
+    "Agreement",
+    "agreement",
+    "FieldCalibration",
+    "FieldSample",
+    "Isotonic",
+    "State",
+    "TierCalibration",
+]
 
 State = Literal["confirmed", "free", "null", "settled"]
 """How a field's value came about: a labelled example has it (``confirmed``), the model wrote it
@@ -44,7 +53,10 @@ class Isotonic:
     counts: tuple[int, ...]
 
     @classmethod
-    def fit(cls, scores: Sequence[float], right: Sequence[bool], *, prior: float = 2.0) -> Isotonic:
+    def fit(
+        cls, scores: Sequence[float], right: Sequence[bool], *, prior: float = 2.0, base: float | None = None
+    ) -> Isotonic:
+        """``prior`` pseudo-answers at rate ``base`` (default: the samples' own rate) smooth each block."""
         if not scores or len(scores) != len(right):
             raise ValueError("isotonic fit needs as many outcomes as scores, at least one")
         tied: dict[float, list[float]] = {}  # equal scores are one point: a step map cannot split them
@@ -52,7 +64,7 @@ class Isotonic:
             tied.setdefault(float(s), [0.0, 0.0])
             tied[float(s)][0] += float(r)
             tied[float(s)][1] += 1.0
-        base = sum(right) / len(right)
+        base = sum(right) / len(right) if base is None else base
         blocks: list[list[float]] = []  # [sum right, count, upper score]
         for s, (hits, n) in sorted(tied.items()):
             blocks.append([hits, n, s])
@@ -161,8 +173,18 @@ class FieldCalibration:
 Agreement = Literal["agrees", "differs"]
 """An answer against the answer of the tier asked before it: the same value, or another (or none)."""
 
+
+def agreement(before: tuple[bool, Any] | None, value: Any) -> Agreement | None:
+    """How a valid answer ``value`` stands to ``before``, the (valid, value) of the tier asked before it: the
+    one rule :class:`~agentkit.node.Node` and ``agentkit eval`` share. ``None`` for the first tier asked."""
+    if before is None:
+        return None
+    return "agrees" if before[0] and before[1] == value else "differs"
+
+
 MIN_STATE_SAMPLES = 10
-"""A tier's answers in one agreement state get a map of their own from this many labelled ones on."""
+"""Below this many labelled answers in one agreement state, the state's map is drawn toward the tier's overall
+rate with as many pseudo-answers."""
 
 
 @dataclass
@@ -193,8 +215,8 @@ class TierCalibration:
         meta: Mapping[str, Any] | None = None,
     ) -> TierCalibration:
         """Maps per tier from its (confidence, right, agreement with the tier before) samples: one over all,
-        and one per agreement state with at least :data:`MIN_STATE_SAMPLES`. A tier with fewer than
-        ``min_samples`` is refused with a :class:`ConfigError`."""
+        and one per agreement state seen (see :data:`MIN_STATE_SAMPLES`). Any tier with fewer than
+        ``min_samples`` samples refuses the whole fit with a :class:`ConfigError`."""
         short = {t: len(v) for t, v in samples.items() if len(v) < min_samples}
         if not samples or short:
             raise ConfigError(
@@ -204,10 +226,17 @@ class TierCalibration:
         maps: dict[str, dict[str, Isotonic]] = {}
         for tier, rows in samples.items():
             maps[tier] = {"all": Isotonic.fit([c for c, _, _ in rows], [r for _, r, _ in rows])}
+            overall = sum(r for _, r, _ in rows) / len(rows)
             for state in ("agrees", "differs"):
                 part = [(c, r) for c, r, a in rows if a == state]
-                if len(part) >= MIN_STATE_SAMPLES:
-                    maps[tier][state] = Isotonic.fit([c for c, _ in part], [r for _, r in part])
+                if part:  # a state seen rarely is drawn toward the tier's rate, not read off a handful
+                    few = len(part) < MIN_STATE_SAMPLES
+                    maps[tier][state] = Isotonic.fit(
+                        [c for c, _ in part],
+                        [r for _, r in part],
+                        prior=float(MIN_STATE_SAMPLES) if few else 2.0,
+                        base=overall if few else None,
+                    )
         every = sorted((t, float(c), bool(r), a or "") for t, v in samples.items() for c, r, a in v)
         digest = hashlib.sha256(json.dumps(every).encode()).hexdigest()
         return cls(maps, digest, {"n": {t: len(v) for t, v in samples.items()}, **(meta or {})})
@@ -222,13 +251,17 @@ class TierCalibration:
 
     def save(self, path: str | Path) -> Path:
         maps = {t: {a: m.as_dict() for a, m in states.items()} for t, states in self.maps.items()}
-        self.source = _save(path, {"data": self.data, "meta": self.meta, "tiers": maps})
+        self.source = _save(path, {"data": self.data, "meta": self.meta, "tiers": maps}).resolve()
         return self.source
+
+    def covers(self, tiers: Sequence[str]) -> bool:
+        """Whether every one of ``tiers`` (names) has a map: a ladder it was fitted on."""
+        return all(t in self.maps for t in tiers)
 
     @classmethod
     def load(cls, path: str | Path) -> TierCalibration:
         body = _load(path, "tiers")
-        return cls(body["tiers"], body.get("data", ""), body.get("meta", {}), Path(path))
+        return cls(body["tiers"], body.get("data", ""), body.get("meta", {}), Path(path).resolve())
 
 
 def _save(path: str | Path, body: Mapping[str, Any]) -> Path:

@@ -96,7 +96,7 @@ def load(path: str | Path, *, explicit: bool = True) -> dict[str, dict[str, Any]
             raise ConfigError(f"{path}: node {name!r} has unknown settings {sorted(unknown)}")
         _check_policy(path, name, settings)
         if "calibration" in settings:  # a file named relative to the config file
-            settings["calibration"] = str(Path(path).parent / str(settings["calibration"]))
+            settings["calibration"] = str((Path(path).parent / str(settings["calibration"])).resolve())
         for spec in _specs(path, name, settings):
             where = off_machine(spec)
             if where and not explicit:
@@ -167,7 +167,8 @@ def configured(node: Node, settings: Mapping[str, Any]) -> Node:
     try:
         tiers = [Tier.parse(t) for t in settings["tiers"]] if "tiers" in settings else node.tiers
         task = node.task.variant(**settings.get("task", {}))
-        calibration = settings.get("calibration", node.calibration)
+        # a new ladder drops a calibration fitted on the old one, unless the file gives one
+        calibration = settings.get("calibration", None if "tiers" in settings else node.calibration)
         return node.replace(
             task=task, tiers=tiers, policy=dataclasses.replace(node.policy, **policy), calibration=calibration
         )
@@ -215,11 +216,12 @@ def save_threshold(
     review bar and calibration file it was chosen with (the file named relative to ``path``; none: the
     threshold is on raw confidences, and no calibration is written); returns them."""
     settings = node_settings(node) | {"threshold": threshold}
-    settings.pop("calibration", None)
+    for chosen in ("calibration", "review_threshold"):  # chosen together with the threshold, or not at all
+        settings.pop(chosen, None)
     if review_threshold is not None:
         settings["review_threshold"] = review_threshold
     if calibration is not None:
-        settings["calibration"] = os.path.relpath(Path(calibration).resolve(), Path(path).resolve().parent)
+        settings["calibration"] = str(Path(calibration).resolve())
     save(path, {node.name: settings})
     return settings
 
@@ -232,6 +234,7 @@ def save(path: str | Path, nodes: Iterable[Node] | Mapping[str, Mapping[str, Any
     :class:`ConfigError` and the file is left alone)."""
     path = Path(path)
     new = nodes if isinstance(nodes, Mapping) else {n.name: node_settings(n) for n in nodes}
+    new = {name: _relative_calibration(path, settings) for name, settings in new.items()}
     try:
         text = path.read_bytes().decode("utf-8") if path.exists() else ""
     except (OSError, UnicodeDecodeError) as e:
@@ -248,6 +251,14 @@ def save(path: str | Path, nodes: Iterable[Node] | Mapping[str, Mapping[str, Any
                 hint=f"write it as [nodes.{_key(name)}] and [nodes.{_key(name)}.task] tables",
             )
     _write(path, text)
+
+
+def _relative_calibration(path: Path, settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``settings`` with its calibration file named relative to the config file at ``path`` (as it is read)."""
+    if "calibration" not in settings:
+        return settings
+    where = os.path.relpath(Path(settings["calibration"]).resolve(), path.resolve().parent)
+    return {**settings, "calibration": Path(where).as_posix()}
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:

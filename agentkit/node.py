@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agentkit.calibration import Agreement, TierCalibration
+from agentkit.calibration import FieldCalibration, TierCalibration, agreement
 from agentkit.errors import AgentkitError, ConfigError, InputError, TaskFailed
 from agentkit.policy import Decision, Policy, Rung, Verdict
 from agentkit.result import Attempt, Result, Trace, publish
@@ -95,6 +95,11 @@ class Node:
         self.output = output or self.name
         self.meta = meta
         self.trace = trace if isinstance(trace, Trace) or trace is None else Trace(trace)
+        if isinstance(calibration, FieldCalibration):
+            raise ConfigError(
+                "a node takes a TierCalibration (agentkit eval fits one); a FieldCalibration belongs to an Extract",
+                hint="Extract(..., calibration=...)",
+            )
         self.calibration = TierCalibration.load(calibration) if isinstance(calibration, (str, Path)) else calibration
 
     def replace(self, **changes: Any) -> Node:
@@ -269,15 +274,12 @@ class Node:
         return attempt
 
     def _calibrate(self, attempt: Attempt, before: Attempt | None) -> None:
-        """Replace ``attempt``'s confidence by its tier's calibrated probability of being right (given whether
-        it agrees with ``before``, the attempt of the tier asked before it), if there is a map for it."""
-        if self.calibration is None or attempt.confidence is None:
+        """Replace a valid ``attempt``'s confidence by its tier's calibrated probability of being right (given
+        whether it agrees with ``before``, the attempt of the tier asked before it), where there is a map."""
+        if self.calibration is None or attempt.confidence is None or attempt.outcome != "accepted":
             return
-        agreement: Agreement | None = None
-        if before is not None:
-            same = before.outcome != "invalid" and before.value is not None and before.value == attempt.value
-            agreement = "agrees" if same and attempt.outcome == "accepted" else "differs"
-        p = self.calibration.probability(attempt.tier, attempt.confidence, agreement)
+        seen = (before.outcome in ("accepted", "low_confidence"), before.value) if before is not None else None
+        p = self.calibration.probability(attempt.tier, attempt.confidence, agreement(seen, attempt.value))
         if p is not None:
             attempt.details.setdefault("raw_confidence", attempt.confidence)
             attempt.confidence = p

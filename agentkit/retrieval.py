@@ -73,7 +73,7 @@ class ExampleIndex:
         self._vectors: np.ndarray | None = None
         self._texts: Counter[str] | None = None  # normalized input -> count, for ``unseen`` searches
         self._pool_rows: dict[str, int] | None = None  # input -> its row of the dense vectors
-        self._leaving_out = False
+        self._left_out: str | None = None  # normalized text no search returns (leave-one-out)
         if retrieval != "dense":
             import bm25s
 
@@ -107,28 +107,32 @@ class ExampleIndex:
         return [int(i) for i in top[np.argsort(-sims[top])]]
 
     @contextmanager
-    def leaving_out(self) -> Iterator[None]:
-        """Inside the block every search is ``unseen``: a labelled example is never retrieved for its own text,
-        so the pool can be both the examples and the records a node is evaluated on (leave-one-out)."""
-        before, self._leaving_out = self._leaving_out, True
+    def leaving_out(self, text: str) -> Iterator[None]:
+        """Inside the block no search returns an example whose text is ``text`` (nor the query's own text), so a
+        labelled example can be answered as if it were new: the pool is both the examples and the records a
+        node is evaluated on (leave-one-out)."""
+        from agentkit.data import normalize_text
+
+        before, self._left_out = self._left_out, normalize_text(_text(text))
         try:
             yield
         finally:
-            self._leaving_out = before
+            self._left_out = before
 
     def search(self, query: str, k: int, *, unseen: bool = False) -> list[dict[str, Any]]:
         """The ``k`` most similar examples, most similar first. ``unseen``: leave out examples whose
         text is the query's, as if it were a new input (for training prompts built from the pool)."""
-        if unseen or self._leaving_out:
-            from agentkit.data import normalize_text
+        if not unseen and self._left_out is None:
+            return self._search(query, k)
+        from agentkit.data import normalize_text
 
-            if self._texts is None:
-                self._texts = Counter(normalize_text(_text(e["input"])) for e in self.examples)
-            key = normalize_text(_text(query))
-            same = self._texts[key]
-            found = self._search(query, k + same)
-            return [e for e in found if normalize_text(_text(e["input"])) != key][:k]
-        return self._search(query, k)
+        if self._texts is None:
+            self._texts = Counter(normalize_text(_text(e["input"])) for e in self.examples)
+        hidden = {self._left_out} if self._left_out is not None else set()
+        if unseen:
+            hidden.add(normalize_text(_text(query)))
+        found = self._search(query, k + sum(self._texts[key] for key in hidden))
+        return [e for e in found if normalize_text(_text(e["input"])) not in hidden][:k]
 
     def _search(self, query: str, k: int) -> list[dict[str, Any]]:
         k = min(k, len(self.examples))

@@ -11,7 +11,7 @@ import pytest
 
 from agentkit import Classify, Extract, Node, Policy, Tier
 from agentkit.calibration import FieldCalibration, FieldSample, Isotonic, TierCalibration
-from agentkit.config import apply, load, save_threshold
+from agentkit.config import apply, configured, load, save, save_threshold
 from agentkit.errors import ConfigError
 from agentkit.eval import evaluate_node
 from agentkit.eval.metrics import reliability
@@ -181,14 +181,26 @@ def test_a_config_file_carries_the_threshold_review_bar_and_calibration(tmp_path
         return Node(Classify(["a", "b"]), ["rules"], name="toy")
 
     config = tmp_path / "agentkit.toml"
-    settings = save_threshold(config, rules(), 0.3, review_threshold=0.9, calibration=fitted.source)
-    assert settings["calibration"] == "eval/calibration.json"  # relative to the file: the folder can move
+    save_threshold(config, rules(), 0.3, review_threshold=0.9, calibration=fitted.source)
+    assert 'calibration = "eval/calibration.json"' in config.read_text()  # relative to the file: it can move
     node = rules()
     assert apply(config, [node]) == ["toy"]
     assert node.calibration is not None and node.calibration.data == fitted.data
     assert node.policy.threshold == 0.3 and node.policy.review_threshold == 0.9
-    save_threshold(config, node, 0.5)  # chosen on raw confidences: the calibration line goes
-    assert "calibration" not in load(config)["toy"]
+    save(config, [node])  # a node written back keeps its calibration, named relative to the file
+    assert 'calibration = "eval/calibration.json"' in config.read_text()
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "agentkit.toml").write_text(config.read_text())
+    with pytest.raises(ConfigError, match="cannot read the calibration"):  # the file it names is not there
+        apply(moved / "agentkit.toml", [rules()])
+    save_threshold(config, node, 0.5)  # chosen on raw confidences: the calibration and review bar go
+    assert "calibration" not in load(config)["toy"] and "review_threshold" not in load(config)["toy"]
+    other = Node(Classify(["a", "b"]), ["rules"], name="toy", calibration=fitted)
+    other.policy = Policy(threshold=0.3)
+    assert configured(other, {"tiers": ["knn"]}).calibration is None  # fitted on another ladder: dropped
+    with pytest.raises(ConfigError, match="TierCalibration"):
+        Node(Classify(["a", "b"]), ["rules"], calibration=FieldCalibration({}))
 
 
 def test_an_upper_tier_is_calibrated_by_whether_it_agrees_with_the_tier_below():
@@ -220,8 +232,10 @@ def test_leave_one_out_answers_the_pool_without_itself():
     pool.append({"input": "apple pear lonely", "expected": "plum"})  # its only same-label example is itself
     index = ExampleIndex(pool)
     assert index.search("apple pear lonely", 1)[0]["expected"] == "plum"
-    with index.leaving_out():
+    with index.leaving_out("apple pear lonely"):
         assert index.search("apple pear lonely", 1)[0]["expected"] != "plum"
+        # nor through another query (a shortlist's second look searches with a neighbour's text)
+        assert "plum" not in {e["expected"] for e in index.search("apple 3 apple pear", len(pool))}
     assert index.search("apple pear lonely", 1)[0]["expected"] == "plum"  # the block ends: back as it was
     node = Node(Classify(["apple", "pear", "plum"], examples=pool, vote_k=3), ["knn"], name="fruit")
     assert evaluate_node(node, pool)["n"] == 0

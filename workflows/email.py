@@ -190,18 +190,21 @@ def classifier_node(
     """The routing classifier: a ``knn`` vote of the labelled messages, then ``tiers`` scoring each category
     with the most similar messages in the prompt. Unsure on every tier: it fails (a person decides).
 
-    ``calibration`` (a file, if it exists; the shipped one is fitted on the shipped labelled messages): the
-    confidences are probabilities of being right, and ``threshold`` and ``review_threshold`` default to the
-    ones chosen with it (an answer accepted below the review bar is marked for review). Without one the
-    threshold defaults to 0.75 on raw confidences."""
+    ``calibration`` (a file, used if it exists and was fitted on this ladder and the shipped examples;
+    ``python -m workflows.calibrate_email`` writes it): the confidences are probabilities of being right, and
+    ``threshold`` and ``review_threshold`` default to the ones chosen with it (an answer accepted below the
+    review bar is marked for review). Without one the threshold defaults to 0.75 on raw confidences."""
+    ladder = [Tier.parse(t) for t in ["knn", *tiers]]
     fitted = TierCalibration.load(calibration) if calibration is not None and Path(calibration).is_file() else None
+    if fitted is not None and not (fitted.covers([t.name for t in ladder]) and Path(examples) == Path(EXAMPLES)):
+        fitted = None  # fitted on another ladder or other examples: it would not say how often these are right
     chosen = fitted.meta if fitted is not None else {}
     threshold = threshold if threshold is not None else chosen.get("threshold", 0.75)
     review_threshold = review_threshold if review_threshold is not None else chosen.get("review_threshold")
     pool = list(read_jsonl(existing(examples, "the labelled messages")))
     return Node(
         Classify(CATEGORIES, instructions=INSTRUCTIONS, examples=pool, k=4, example_chars=400),
-        ["knn", *tiers],
+        ladder,
         Policy(threshold=threshold, review_threshold=review_threshold, when_unsure="fail"),
         name="classify_email",
         input="text",

@@ -1,5 +1,6 @@
-"""``agentkit eval``: a node's tiers alone and its cascade at a threshold sweep on labelled records,
-a calibrated threshold (a workflow: its outputs against the gold fields)."""
+"""``agentkit eval``: a node's tiers alone and its cascade at a threshold sweep on labelled records, each tier's
+confidence calibrated, a threshold and a review bar chosen on a calibration split and measured on a test split
+(a workflow: its outputs against the gold fields)."""
 
 from pathlib import Path
 from typing import Annotated
@@ -69,8 +70,12 @@ def evaluate(
             loaded, ladders = comparison(loaded, tuned)
         records = load_records(data, limit)
         cost_pair = tuple(float(x) for x in costs.split(",")) if costs else None
-        if cost_pair is not None and len(cost_pair) != 2:
-            raise ValueError(f"--costs takes REVIEW,WRONG (two numbers), got {costs!r}")
+        if cost_pair is not None and (len(cost_pair) != 2 or not 0 <= cost_pair[0] <= cost_pair[1]):
+            raise ValueError(f"--costs takes REVIEW,WRONG, two numbers with 0 <= REVIEW <= WRONG, got {costs!r}")
+        if max_error is not None and not 0 <= max_error < 1:
+            raise ValueError(f"--max-error is a share of answers in [0, 1), got {max_error}")
+        if max_error is not None and cost_pair is not None:
+            raise ValueError("give --max-error or --costs, not both: each chooses the review bar")
         sweep = [float(x) for x in thresholds.split(",") if x.strip()] or list(THRESHOLDS)
         fields = dict(pair.split("=", 1) for pair in map_fields.split(",") if pair.strip())
         field_kinds = dict(pair.split("=", 1) for pair in kinds.split(",") if pair.strip())
@@ -99,10 +104,11 @@ def evaluate(
     fitted = report.get("fitted")
     if fitted is not None:
         err.print(f"calibration: {fitted.save(out / 'calibration.json')}")
-    if write_config is not None and isinstance(loaded, Node) and "calibration" in report:
+    op = report.get("operating_point", {})
+    if write_config is not None and isinstance(loaded, Node) and ("calibration" in report or op):
+        threshold = report["calibration"]["threshold"] if "calibration" in report else op["threshold"]
         settings = node_config.save_threshold(
-            write_config, loaded, report["calibration"]["threshold"],
-            review_threshold=report.get("operating_point", {}).get("review_threshold"),
+            write_config, loaded, threshold, review_threshold=op.get("review_threshold"),
             calibration=fitted.source if fitted is not None else None,
         )  # fmt: skip
         bars = f"threshold {settings['threshold']:g}"

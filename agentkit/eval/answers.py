@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -71,11 +72,14 @@ def iter_answers(
     *,
     ids: Sequence[str] | None = None,
     cache: str | Path | None = None,
+    leave_one_out: bool = False,
 ) -> Iterator[tuple[int, list[TierAnswer]]]:
     """``(i, row)`` per input, ``row[t]`` being tier ``t``'s answer. With ``cache`` (a JSONL file)
     every answer is appended as soon as it exists and answers already there are reused — only those
     given under the same task settings and the same tier (its spec, task settings and adapter hash),
-    so a changed node or a re-tuned adapter is asked again rather than read back stale."""
+    so a changed node or a re-tuned adapter is asked again rather than read back stale.
+    ``leave_one_out``: no labelled example with an input's own text is retrieved while it is answered."""
+    index = getattr(node.task, "index", None) if leave_one_out else None
     ids = list(ids) if ids is not None else [item_id(v) for v in inputs]
     names = [t.name for t in node.tiers]
     marks = [answer_mark(node.task, t) for t in node.tiers]
@@ -95,7 +99,8 @@ def iter_answers(
             for tier, name, mark in zip(node.tiers, names, marks, strict=True):
                 answer = done.get((key, name, mark))  # a line without a mark (older caches) is asked again
                 if answer is None:
-                    answer = answer_one(node, tier, value)
+                    with index.leaving_out(str(value)) if index is not None else contextlib.nullcontext():
+                        answer = answer_one(node, tier, value)
                     if sink is not None and not answer.transient:
                         record = {"id": key, "tier": name, "config": mark, "answer": asdict(answer)}
                         sink.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")

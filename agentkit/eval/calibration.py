@@ -4,22 +4,28 @@ below which answers go to review — and the ratios the literature reports for i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from agentkit.calibration import Agreement, TierCalibration
+from agentkit.calibration import Agreement, TierCalibration, agreement
 from agentkit.errors import ConfigError
 from agentkit.eval.answers import TierAnswer
 from agentkit.eval.cascades import CascadeOutcome
 
-__all__ = ["agreement", "calibrate", "fit_confidence", "headline", "review_bar"]
+__all__ = ["calibrate", "calibrated", "fit_confidence", "headline", "review_bar"]
 
 
-def agreement(row: Sequence[TierAnswer], t: int) -> Agreement | None:
-    """Whether tier ``t``'s answer repeats the answer of the tier before it (``None`` for the first tier)."""
-    if t == 0:
-        return None
-    before = row[t - 1]
-    return "agrees" if before.valid and row[t].valid and before.value == row[t].value else "differs"
+def calibrated(fitted: TierCalibration, names: Sequence[str], rungs: Sequence[TierAnswer]) -> list[TierAnswer]:
+    """The answers of a ladder's rungs (``names[j]`` answered ``rungs[j]``, cheapest first) with each valid
+    answer's confidence calibrated as a node with ``fitted`` calibrates it (a tier without a map keeps its own)."""
+    out = []
+    for j, a in enumerate(rungs):
+        if a.valid and a.confidence is not None:
+            before = (rungs[j - 1].valid, rungs[j - 1].value) if j else None
+            p = fitted.probability(names[j], a.confidence, agreement(before, a.value))
+            a = replace(a, confidence=p) if p is not None else a
+        out.append(a)
+    return out
 
 
 def fit_confidence(
@@ -29,14 +35,15 @@ def fit_confidence(
     that its answer is right (scores in full), fitted on the items ``which``; ``scores[t][i]`` is tier ``t``'s
     score on item ``i``. Tiers that give no confidence are left out. ``None`` and why, when there are too few
     answers to fit."""
-    samples = {
-        name: [
-            (c, scores[t][i] >= 1 - 1e-9, agreement(table[i], t))
-            for i in which
-            if (c := table[i][t].confidence) is not None
-        ]
-        for t, name in enumerate(names)
-    }
+    if len(set(names)) < len(names):
+        return None, f"tiers share a name ({', '.join(names)}): name them apart to calibrate them"
+    samples: dict[str, list[tuple[float, bool, Agreement | None]]] = {name: [] for name in names}
+    for i in which:
+        row = table[i]
+        for t, a in enumerate(row):
+            if a.valid and a.confidence is not None:
+                before = (row[t - 1].valid, row[t - 1].value) if t else None
+                samples[names[t]].append((a.confidence, scores[t][i] >= 1 - 1e-9, agreement(before, a.value)))
     samples = {name: rows for name, rows in samples.items() if rows}
     try:
         return TierCalibration.fit(samples), f"fitted on {len(which)} items"

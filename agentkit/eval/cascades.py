@@ -101,28 +101,36 @@ def configurations(
     abstention: Any = None,
     ladders: Mapping[str, Sequence[int]] | None = None,
     is_abstention: Callable[[Any], bool] | None = None,
+    calibrate: Callable[[Sequence[TierAnswer], Sequence[int]], list[TierAnswer]] | None = None,
 ) -> dict[str, list[CascadeOutcome]]:
     """Outcomes per configuration: each tier alone (its own answer whatever its confidence — the
     small-only / large-only baselines; an invalid answer is still a failure or, under an abstaining
     policy, an abstention), the cascade per threshold, and each of ``ladders`` (name → tier indices,
     cheapest first) as a cascade per threshold (``NAME@THRESHOLD``), e.g. the stock and the tuned
-    small tier each under the same large one."""
+    small tier each under the same large one. ``calibrate(answers, tiers)``: the answers of the rungs ``tiers``
+    of a configuration, cheapest first, with their confidences as a calibrated node would see them."""
     n_tiers = len(table[0]) if table else 0
+
+    def rungs(row: Sequence[TierAnswer], which: Sequence[int]) -> list[TierAnswer]:
+        asked = [row[t] for t in which]
+        return calibrate(asked, which) if calibrate is not None else asked
+
     out: dict[str, list[CascadeOutcome]] = {}
     alone = replace(policy, threshold=0.0)
     for t in range(n_tiers):
-        out[f"tier{t}"] = [_on(cascade([row[t]], alone, abstention, is_abstention), [t]) for row in table]
+        out[f"tier{t}"] = [_on(cascade(rungs(row, [t]), alone, abstention, is_abstention), [t]) for row in table]
     if n_tiers > 1:
+        every = list(range(n_tiers))
         for th in thresholds:
             at = replace(policy, threshold=th)
-            out[f"cascade@{th:g}"] = [cascade(row, at, abstention, is_abstention) for row in table]
-    for name, rungs in (ladders or {}).items():
-        if not rungs or any(not 0 <= t < n_tiers for t in rungs):
-            raise ConfigError(f"ladder {name!r} names tiers outside 0..{n_tiers - 1}: {list(rungs)}")
+            out[f"cascade@{th:g}"] = [cascade(rungs(row, every), at, abstention, is_abstention) for row in table]
+    for name, ladder in (ladders or {}).items():
+        if not ladder or any(not 0 <= t < n_tiers for t in ladder):
+            raise ConfigError(f"ladder {name!r} names tiers outside 0..{n_tiers - 1}: {list(ladder)}")
         for th in thresholds:
             at = replace(policy, threshold=th)
             out[f"{name}@{th:g}"] = [
-                _on(cascade([row[t] for t in rungs], at, abstention, is_abstention), rungs) for row in table
+                _on(cascade(rungs(row, ladder), at, abstention, is_abstention), ladder) for row in table
             ]
     return out
 

@@ -9,7 +9,6 @@ pool. A workflow (a compiled graph) is evaluated as it runs, in one configuratio
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -20,7 +19,7 @@ from agentkit.data import normalize_text, split_of
 from agentkit.errors import ConfigError
 from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
-from agentkit.eval.calibration import agreement, calibrate, fit_confidence, headline, review_bar
+from agentkit.eval.calibration import calibrate, calibrated, fit_confidence, headline, review_bar
 from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, cascade, configurations, figures
 from agentkit.node import Node
 from agentkit.task import Task
@@ -81,14 +80,12 @@ def evaluate_node(
     table: list[list[TierAnswer]] = []
     interrupted = False
     t0 = time.perf_counter()
-    index = getattr(node.task, "index", None)
     try:
-        asked = node.replace(calibration=None) if node.calibration is not None else node
-        with index.leaving_out() if leave_one_out and index is not None else contextlib.nullcontext():
-            for i, row in iter_answers(asked, [r["input"] for r in kept], ids=ids, cache=cache):
-                table.append(row)
-                if on_item:
-                    on_item(i + 1, len(kept))
+        answers = iter_answers(node, [r["input"] for r in kept], ids=ids, cache=cache, leave_one_out=leave_one_out)
+        for i, row in answers:  # uncalibrated: Node.attempt gives each tier's own confidence
+            table.append(row)
+            if on_item:
+                on_item(i + 1, len(kept))
     except KeyboardInterrupt:
         interrupted = True
     done = kept[: len(table)]
@@ -119,18 +116,12 @@ def evaluate_node(
         for t in range(len(names))
     ]
     fitted, fit_note = fit_confidence(table, tier_scores, names, calib) if fit and done else (None, "not fitted")
-    runs = table
-    if fitted is not None:
-        runs = [
-            [
-                replace(a, confidence=fitted.probability(names[t], a.confidence, agreement(row, t)))
-                if a.confidence is not None
-                else a
-                for t, a in enumerate(row)
-            ]
-            for row in table
-        ]
-    configs = configurations(runs, node.policy, thresholds, abstention, ladders, node.task.is_abstention)
+
+    def as_run(rungs: Sequence[TierAnswer], tiers: Sequence[int]) -> list[TierAnswer]:
+        """The rungs' answers as a node with the fitted calibration sees them."""
+        return calibrated(fitted, [names[t] for t in tiers], rungs) if fitted is not None else list(rungs)
+
+    configs = configurations(table, node.policy, thresholds, abstention, ladders, node.task.is_abstention, as_run)
     report: dict[str, Any] = {
         "target": node.name,
         "kind": kind,
@@ -146,8 +137,10 @@ def evaluate_node(
         "all": {k: judge(v, every) for k, v in configs.items()} if done else {},
     }
     shown = test if fitted is not None else every  # a fitted map is judged on items it was not fitted on
-    report["reliability"] = {
-        name: metrics.reliability([runs[i][t].confidence for i in shown], [tier_scores[t][i] for i in shown])
+    report["reliability"] = {  # each tier alone
+        name: metrics.reliability(
+            [as_run([table[i][t]], [t])[0].confidence for i in shown], [tier_scores[t][i] for i in shown]
+        )
         for t, name in enumerate(names)
     }
     if fitted is not None:
@@ -173,10 +166,12 @@ def evaluate_node(
         report["test"] = on_test
         report["headline"] = headline(on_test, pick)
     if max_error is not None or costs is not None:
+        threshold = report["calibration"]["threshold"] if "calibration" in report else node.policy.threshold
+        runs = [as_run(row, range(len(names))) for row in table]
         report["operating_point"] = _operating_point(
-            node, runs, table, report.get("calibration", {}).get("threshold", 0.0), max_error, costs, calib, test,
-            judge, score, abstention,
-        )  # fmt: skip
+            node, runs, table, threshold, max_error, costs, calib, test, judge, score, abstention
+        )
+        report["operating_point"]["calibrated"] = fitted is not None
     return report
 
 

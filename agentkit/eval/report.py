@@ -128,6 +128,10 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f" review {t['review_rate']:.0%}; calibration error of the answers' confidence"
             f" {_num(op['ece_raw'])} raw -> {_num(op['ece'])}"
         )
+        if not op.get("calibrated", True):
+            console.print(
+                "[yellow]the review bar is on raw confidences: read it as a score, not a probability[/yellow]"
+            )
     if report.get("left_out_in_pool"):
         console.print(f"{report['left_out_in_pool']} records left out: their input is in the node's example pool")
     if report.get("interrupted"):

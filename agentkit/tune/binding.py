@@ -116,11 +116,12 @@ def tuned_tier(
 
 
 def bind(node: Node, out: str | Path, *, merged: bool = True) -> Node:
-    """A new node: ``node`` with the tuned model in ``out`` in place of the stock tier it was trained from."""
+    """A new node: ``node`` with the tuned model in ``out`` in place of the stock tier it was trained from
+    (without the node's calibration, which was fitted on the stock tier: fit one again with ``agentkit eval``)."""
     index = _stock_index(node, _tune_meta(Path(out)), " to replace")
     tiers = list(node.tiers)
     tiers[index] = tuned_tier(out, merged=merged)
-    return node.replace(tiers=tiers)
+    return node.replace(tiers=tiers, calibration=None)
 
 
 def comparison(node: Node, out: str | Path, *, merged: bool = True) -> tuple[Node, dict[str, list[int]]]:
