@@ -254,9 +254,10 @@ class TierCalibration:
         self.source = _save(path, {"data": self.data, "meta": self.meta, "tiers": maps}).resolve()
         return self.source
 
-    def covers(self, tiers: Sequence[str]) -> bool:
-        """Whether every one of ``tiers`` (names) has a map: a ladder it was fitted on."""
-        return all(t in self.maps for t in tiers)
+    def fitted_on(self, tiers: Sequence[str]) -> bool:
+        """Whether it was fitted on this ladder (tier names, cheapest first): an upper tier's maps depend on
+        the tier below it."""
+        return list(self.maps) == list(tiers)
 
     @classmethod
     def load(cls, path: str | Path) -> TierCalibration:

@@ -323,3 +323,23 @@ def test_the_invoice_extraction_ships_its_calibration():
     refit = FieldCalibration.fit(samples)
     assert refit.maps == cal.maps and refit.data == cal.data
     assert cal.probability("issuer_address", 0.95, "free") < 0.6 < cal.probability("issuer_address", 1.0, "confirmed")
+
+
+def test_the_email_classifier_uses_a_calibration_fitted_on_its_own_ladder(tmp_path):
+    """Its threshold and review bar come with the calibration they were chosen with; one fitted on another
+    ladder is not used (it would not say how often these tiers are right). Builds no model."""
+    from agentkit import DEFAULT_LADDER
+    from agentkit.calibration import Isotonic, TierCalibration
+    from workflows.email import classifier_node
+
+    flat = {"all": Isotonic((1.0,), (0.9,), (40,))}
+    fitted = TierCalibration(
+        {name: flat for name in ["knn", *DEFAULT_LADDER]}, "abc", {"threshold": 0.6, "review_threshold": 0.95}
+    )
+    path = fitted.save(tmp_path / "email_calibration.json")
+    node = classifier_node(calibration=path)
+    assert node.calibration is not None and node.calibration.data == "abc"
+    assert node.policy.threshold == 0.6 and node.policy.review_threshold == 0.95
+    other = classifier_node(["embedded:qwen2.5-1.5b"], calibration=path)  # another ladder
+    assert other.calibration is None and other.policy.threshold == 0.75 and other.policy.review_threshold is None
+    assert classifier_node(calibration=path, threshold=0.5).policy.threshold == 0.5  # the caller's word wins

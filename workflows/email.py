@@ -196,7 +196,7 @@ def classifier_node(
     review bar is marked for review). Without one the threshold defaults to 0.75 on raw confidences."""
     ladder = [Tier.parse(t) for t in ["knn", *tiers]]
     fitted = TierCalibration.load(calibration) if calibration is not None and Path(calibration).is_file() else None
-    if fitted is not None and not (fitted.covers([t.name for t in ladder]) and Path(examples) == Path(EXAMPLES)):
+    if fitted is not None and not (fitted.fitted_on([t.name for t in ladder]) and Path(examples) == Path(EXAMPLES)):
         fitted = None  # fitted on another ladder or other examples: it would not say how often these are right
     chosen = fitted.meta if fitted is not None else {}
     threshold = threshold if threshold is not None else chosen.get("threshold", 0.75)
