@@ -126,18 +126,9 @@ class FieldCalibration:
         by_field: dict[str, list[FieldSample]] = {}
         for s in rows:
             by_field.setdefault(s.field, []).append(s)
-        short = {f: len(v) for f, v in by_field.items() if len(v) < min_samples}
-        if not by_field or short:
-            raise ConfigError(
-                f"too few labelled fields to calibrate: {short or 'none'} (at least {min_samples} per field)",
-                hint="label more records, or lower min_samples knowing the fit is then rough",
-            )
-        maps: dict[str, dict[str, Isotonic]] = {}
-        for name, group in by_field.items():
-            maps[name] = {"all": Isotonic.fit([s.raw for s in group], [s.right for s in group])}
-            for state in sorted({s.state for s in group}):
-                part = [s for s in group if s.state == state]
-                maps[name][state] = Isotonic.fit([s.raw for s in part], [s.right for s in part])
+        groups = {f: [(s.raw, s.right, s.state) for s in v] for f, v in by_field.items()}
+        hint = "label more records, or lower min_samples knowing the fit is then rough"
+        maps = _fit_maps(groups, min_samples=min_samples, per="field", unit="fields", hint=hint)
         digest = hashlib.sha256(json.dumps([list(vars(s).values()) for s in rows]).encode()).hexdigest()
         return cls(maps, digest, len(rows), dict(meta or {}))
 
@@ -217,26 +208,10 @@ class TierCalibration:
         """Maps per tier from its (confidence, right, agreement with the tier before) samples: one over all,
         and one per agreement state seen (see :data:`MIN_STATE_SAMPLES`). Any tier with fewer than
         ``min_samples`` samples refuses the whole fit with a :class:`ConfigError`."""
-        short = {t: len(v) for t, v in samples.items() if len(v) < min_samples}
-        if not samples or short:
-            raise ConfigError(
-                f"too few labelled answers to calibrate: {short or 'none'} (at least {min_samples} per tier)",
-                hint="label more records, or evaluate on more of them",
-            )
-        maps: dict[str, dict[str, Isotonic]] = {}
-        for tier, rows in samples.items():
-            maps[tier] = {"all": Isotonic.fit([c for c, _, _ in rows], [r for _, r, _ in rows])}
-            overall = sum(r for _, r, _ in rows) / len(rows)
-            for state in ("agrees", "differs"):
-                part = [(c, r) for c, r, a in rows if a == state]
-                if part:  # a state seen rarely is drawn toward the tier's rate, not read off a handful
-                    few = len(part) < MIN_STATE_SAMPLES
-                    maps[tier][state] = Isotonic.fit(
-                        [c for c, _ in part],
-                        [r for _, r in part],
-                        prior=float(MIN_STATE_SAMPLES) if few else 2.0,
-                        base=overall if few else None,
-                    )
+        hint = "label more records, or evaluate on more of them"
+        maps = _fit_maps(
+            samples, min_samples=min_samples, per="tier", unit="answers", hint=hint, shrink_below=MIN_STATE_SAMPLES
+        )
         every = sorted((t, float(c), bool(r), a or "") for t, v in samples.items() for c, r, a in v)
         digest = hashlib.sha256(json.dumps(every).encode()).hexdigest()
         return cls(maps, digest, {"n": {t: len(v) for t, v in samples.items()}, **(meta or {})})
@@ -263,6 +238,39 @@ class TierCalibration:
     def load(cls, path: str | Path) -> TierCalibration:
         body = _load(path, "tiers")
         return cls(body["tiers"], body.get("data", ""), body.get("meta", {}), Path(path).resolve())
+
+
+def _fit_maps(
+    groups: Mapping[str, Sequence[tuple[float, bool, str | None]]],
+    *,
+    min_samples: int,
+    per: str,
+    unit: str,
+    hint: str,
+    shrink_below: int = 0,
+) -> dict[str, dict[str, Isotonic]]:
+    """Per group (a field, a tier) of (raw score, right, state) samples: a map over all of them and one per state
+    seen; a state with fewer than ``shrink_below`` samples is drawn toward the group's rate with as many
+    pseudo-samples. A group with fewer than ``min_samples`` refuses the whole fit with a :class:`ConfigError`."""
+    short = {g: len(v) for g, v in groups.items() if len(v) < min_samples}
+    if not groups or short:
+        raise ConfigError(
+            f"too few labelled {unit} to calibrate: {short or 'none'} (at least {min_samples} per {per})", hint=hint
+        )
+    maps: dict[str, dict[str, Isotonic]] = {}
+    for name, rows in groups.items():
+        maps[name] = {"all": Isotonic.fit([c for c, _, _ in rows], [r for _, r, _ in rows])}
+        rate = sum(r for _, r, _ in rows) / len(rows)
+        for state in sorted({st for _, _, st in rows if st is not None}):
+            part = [(c, r) for c, r, st in rows if st == state]
+            few = len(part) < shrink_below
+            maps[name][state] = Isotonic.fit(
+                [c for c, _ in part],
+                [r for _, r in part],
+                prior=float(shrink_below) if few else 2.0,
+                base=rate if few else None,
+            )
+    return maps
 
 
 def _save(path: str | Path, body: Mapping[str, Any]) -> Path:
