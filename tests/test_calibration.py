@@ -266,3 +266,50 @@ def test_a_review_bar_from_costs_reviews_where_a_wrong_answer_would_cost_more():
     assert op["on_test"]["accepted_error"] == 0.0 and op["on_test"]["review_rate"] > 0.5
     with pytest.raises(ConfigError, match="costs"):
         evaluate_node(overconfident(), RECORDS, costs=(5.0, 1.0))
+
+
+def test_agentkit_eval_writes_a_calibration_and_review_bar_that_agentkit_run_applies(tmp_path):
+    """End to end through the CLI on a real knn tier (no model): eval calibrates the vote share, chooses a review
+    bar, writes them; run with that config marks the unsure inputs for review."""
+    import json
+    import subprocess
+    import sys
+
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from agentkit import Classify, Node\n"
+        "POOL = [{'input': f'{w} {i} {w} {v}', 'expected': w} for i in range(40)"
+        " for w, v in (('apple', 'red'), ('pear', 'green'))]\n"
+        "POOL += [{'input': f'apple pear {i}', 'expected': 'apple' if i % 2 else 'pear'} for i in range(40)]\n"
+        "node = Node(Classify(['apple', 'pear'], examples=POOL, vote_k=4), ['knn'], name='fruit')\n"
+    )
+    records = [
+        {"input": f"{w} {i} {w} {v}", "expected": w}
+        for i in range(100, 140)
+        for w, v in (("apple", "red"), ("pear", "green"))
+    ]
+    records += [{"input": f"apple pear {i}", "expected": "apple" if i % 3 else "pear"} for i in range(100, 140)]
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp_path / "agentkit.toml"
+    cli = [sys.executable, "-m", "agentkit.cli"]
+    done = subprocess.run(
+        [*cli, "eval", f"{app}:node", "--data", str(data), "--out", str(tmp_path / "ev"), "--max-error", "0.05",
+         "--write-config", str(config)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["confidence"]["calibrated"] and "operating_point" in report
+    assert (tmp_path / "ev" / "calibration.json").is_file()
+    text = config.read_text()
+    assert 'calibration = "ev/calibration.json"' in text and "review_threshold" in text
+    run = subprocess.run(
+        [*cli, "run", f"{app}:node", str(data), "--config", str(config)], capture_output=True, text=True, cwd=tmp_path
+    )
+    written = [json.loads(line) for line in run.stdout.splitlines()]
+    statuses = [r["status"] for r in written]
+    assert len(statuses) == len(records) and "needs_review" in statuses and "accepted" in statuses
+    maps = json.loads((tmp_path / "ev" / "calibration.json").read_text())["tiers"]["knn"]
+    calibrated = {p for states in maps.values() for p in states["probs"]}
+    assert {r["confidence"] for r in written} <= calibrated  # read through the calibration, not vote shares
