@@ -22,6 +22,7 @@ def parser(description: str, default_data: Path) -> argparse.ArgumentParser:
     p.add_argument("--tiers", default="embedded:qwen2.5-0.5b,embedded:qwen2.5-1.5b", help="ladder, cheapest first")
     p.add_argument("--target", type=float, default=None, help="calibrate: cheapest threshold reaching this score")
     p.add_argument("--thresholds", default="", help="comma-separated threshold sweep (default: agentkit eval's)")
+    p.add_argument("--raw", action="store_true", help="leave each tier's confidence uncalibrated")
     p.add_argument("--save", type=Path, default=None, help="every tier's answer per item (JSONL; a rerun resumes)")
     p.add_argument("--report", type=Path, default=None, help="also write report.json and report.html here")
     return p
@@ -64,6 +65,7 @@ def evaluate(node: Any, records: list[dict], args: argparse.Namespace, **kw: Any
 
     progress = Progress(len(records), args.data.parent.name)
     kw.setdefault("cache", args.save)
+    kw.setdefault("fit", not getattr(args, "raw", False))
     if getattr(args, "thresholds", ""):
         kw.setdefault("thresholds", [float(x) for x in args.thresholds.split(",")])
     report = evaluate_node(
