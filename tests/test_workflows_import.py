@@ -51,3 +51,19 @@ def test_the_shipped_graph_is_built_on_first_access_then_reused(name, monkeypatc
         assert len(built) == 1
     finally:
         module.shipped_graph.cache_clear()
+
+
+def test_every_file_the_workflows_read_ships_in_the_package():
+    """The package data patterns in pyproject.toml cover every file under workflows/data (a calibration file
+    left out of the wheel would silently leave an installed workflow uncalibrated)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["workflows"]
+    files = [f for f in (root / "workflows" / "data").rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+    assert files
+    for f in files:
+        inside = f.relative_to(root / "workflows").as_posix()
+        assert any(fnmatch.fnmatch(inside, p) for p in patterns), f"{inside} is not package data"
