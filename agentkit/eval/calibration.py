@@ -52,12 +52,13 @@ def fit_confidence(
 
 
 def review_bar(outcomes: Sequence[CascadeOutcome], scores: Sequence[float], floor: float, max_error: float) -> float:
-    """The lowest confidence (at least ``floor``) at which the answers accepted at or above it are wrong at
-    most ``max_error`` of the time on these items; 1.0 when no bar gets there."""
+    """The lowest confidence (at least ``floor``) at which the answers accepted at or above it fall short of a
+    full score by at most ``max_error`` on average (for a classifier: are wrong at most that often) on these
+    items; 1.0 when no bar gets there."""
     answered = [(o.confidence, s) for o, s in zip(outcomes, scores, strict=True) if o.tier is not None]
     bars = sorted({c for c, _ in answered if c is not None and c >= floor} | {floor})
-    for bar in bars:
-        kept = [s for c, s in answered if c is not None and c >= bar]
+    for bar in bars:  # an answer with no confidence is accepted whatever the bar (the policy cannot weigh it)
+        kept = [s for c, s in answered if c is None or c >= bar]
         if kept and 1 - sum(kept) / len(kept) <= max_error + 1e-9:
             return bar
     return 1.0
