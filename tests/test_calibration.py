@@ -139,8 +139,12 @@ def test_tier_calibration_round_trips_and_refuses_too_few(tmp_path):
         TierCalibration.load(tmp_path / "missing.json")
 
 
-def test_eval_calibrates_each_tier_and_a_node_decides_on_it():
+def test_eval_calibrates_each_tier_and_a_node_decides_on_it(tmp_path):
+    from agentkit.eval.report import write_html
+
     report = evaluate_node(overconfident(), RECORDS, max_error=0.03)
+    page = write_html(report, tmp_path / "report.html").read_text()
+    assert "fake-small calibrated (ECE" in page and "fake-small raw (ECE" in page  # the diagram, before and after
     assert report["confidence"]["calibrated"]
     raw, calibrated = report["reliability_raw"]["fake-small"], report["reliability"]["fake-small"]
     assert raw["n"] == calibrated["n"] < len(RECORDS)  # judged on the test split only

@@ -205,13 +205,23 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     if report.get("reliability"):
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        raw = report.get("reliability_raw", {})  # calibrated: the raw curves too, dashed, in the same colour
         for name, r in report["reliability"].items():
-            if r["table"]:
-                ece = "" if r["ece"] is None else f" (ECE {r['ece']:.3f})"
-                ax.plot(
-                    [b["confidence"] for b in r["table"]], [b["accuracy"] for b in r["table"]], "o-", label=name + ece
-                )
-        out["reliability"] = _finish(fig, ax, "reliability", "confidence", "score")
+            if not r["table"]:
+                continue
+            ece = "" if r["ece"] is None else f" (ECE {r['ece']:.3f})"
+            label = name + (" calibrated" if name in raw else "") + ece
+            (line,) = ax.plot(
+                [b["confidence"] for b in r["table"]], [b["accuracy"] for b in r["table"]], "o-", label=label
+            )
+            before = raw.get(name)
+            if before and before["table"]:
+                ece = "" if before["ece"] is None else f" (ECE {before['ece']:.3f})"
+                xs, ys = [b["confidence"] for b in before["table"]], [b["accuracy"] for b in before["table"]]
+                ax.plot(xs, ys, "x--", color=line.get_color(), alpha=0.6, label=f"{name} raw{ece}")
+        out["reliability"] = _finish(
+            fig, ax, "reliability (test split)" if raw else "reliability", "confidence", "score"
+        )
     return out
 
 
