@@ -24,9 +24,10 @@ held-out sets that are not in ../shared/datasets (bench/data).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
-from _common import DATASETS, emit, evaluate, headline_figures, parser
+from _common import DATASETS, emit, evaluate, headline_figures, operating_figures, parser
 
 from agentkit import Classify, Node, Policy
 from agentkit.data import normalize_text, read_jsonl, sample, split_records
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--oos", default=None, help="out-of-scope label: abstain to it when no tier is confident")
     p.add_argument("--pool-data", type=Path, default=None, help="examples from this file; items: all of --data")
     p.add_argument("--max-error", type=float, default=0.03, help="review bar: at most this share wrong when accepted")
+    p.add_argument("--splits", type=int, default=1, help="report the review bar on this many splits")
     args = p.parse_args()
 
     records = list(read_jsonl(args.data))
@@ -109,7 +111,8 @@ def main() -> None:
         f" verbalize={args.verbalize or '-'}, calibrate={args.calibrate}, knn={args.knn}, retrieval={args.retrieval},"
         f" labels={len(labels)}"
     )
-    report = evaluate(node, items, args, max_error=args.max_error)
+    cache = args.save or (Path(tempfile.mkdtemp()) / "answers.jsonl" if args.splits > 1 else None)
+    report = evaluate(node, items, args, max_error=args.max_error, cache=cache)
     figures = {"bench": "classify", "data": str(args.data)} | headline_figures(report, 1 if args.knn else 0)
     if args.knn:
         figures["knn_acc"] = round((report.get("test") or report["all"])["tier0"]["score"], 4)
@@ -125,6 +128,17 @@ def main() -> None:
         )
         oos_row = confusion.get(args.oos, {})
         figures["oos_recall"] = round(oos_row.get(args.oos, 0) / sum(oos_row.values()), 4) if oos_row else None
+    if args.splits > 1:  # the same answers, other calibration/test splits: how much the figures move
+        from agentkit.eval import evaluate_node
+
+        runs = [report] + [
+            evaluate_node(node, items, seed=args.seed + s, cache=cache, max_error=args.max_error, fit=not args.raw)
+            for s in range(1, args.splits)
+        ]
+        keys = ("accepted_error", "review_rate", "ece")
+        per = {k: [operating_figures(r).get(k) for r in runs] for k in keys}
+        figures["splits"] = per | {f"mean_{k}": round(sum(v) / len(v), 4) for k, v in per.items() if None not in v}
+        print("over", args.splits, "splits:", json.dumps(figures["splits"]))
     emit(figures)
 
 
