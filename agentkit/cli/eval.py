@@ -54,6 +54,7 @@ def evaluate(
     and a review bar chosen on a calibration split and measured on a test split."""
     from agentkit import config as node_config
     from agentkit.eval import THRESHOLDS, evaluate_node, evaluate_workflow
+    from agentkit.eval.calibration import checked_costs
     from agentkit.eval.report import print_report, write_html, write_json
     from agentkit.node import Node
     from agentkit.runner import load_records
@@ -69,9 +70,7 @@ def evaluate(
                 raise ValueError("--tuned compares the tiers of a node, not a workflow")
             loaded, ladders = comparison(loaded, tuned)
         records = load_records(data, limit)
-        cost_pair = tuple(float(x) for x in costs.split(",")) if costs else None
-        if cost_pair is not None and (len(cost_pair) != 2 or not 0 <= cost_pair[0] <= cost_pair[1]):
-            raise ValueError(f"--costs takes REVIEW,WRONG, two numbers with 0 <= REVIEW <= WRONG, got {costs!r}")
+        cost_pair = checked_costs([float(x) for x in costs.split(",")]) if costs else None
         if max_error is not None and not 0 <= max_error < 1:
             raise ValueError(f"--max-error is a share of answers in [0, 1), got {max_error}")
         if max_error is not None and cost_pair is not None:

@@ -12,7 +12,7 @@ from agentkit.errors import ConfigError
 from agentkit.eval.answers import TierAnswer
 from agentkit.eval.cascades import CascadeOutcome
 
-__all__ = ["calibrate", "calibrated", "fit_confidence", "headline", "review_bar"]
+__all__ = ["calibrate", "calibrated", "checked_costs", "fit_confidence", "headline", "review_bar"]
 
 
 def calibrated(fitted: TierCalibration, names: Sequence[str], rungs: Sequence[TierAnswer]) -> list[TierAnswer]:
@@ -21,11 +21,22 @@ def calibrated(fitted: TierCalibration, names: Sequence[str], rungs: Sequence[Ti
     out = []
     for j, a in enumerate(rungs):
         if a.valid and a.confidence is not None:
-            before = (rungs[j - 1].valid, rungs[j - 1].value) if j else None
-            p = fitted.probability(names[j], a.confidence, agreement(before, a.value))
+            p = fitted.probability(names[j], a.confidence, _agreement(rungs, j))
             a = replace(a, confidence=p) if p is not None else a
         out.append(a)
     return out
+
+
+def _agreement(rungs: Sequence[TierAnswer], j: int) -> Agreement | None:
+    """How rung ``j``'s answer stands to the rung before it (:func:`agentkit.calibration.agreement`)."""
+    return agreement((rungs[j - 1].valid, rungs[j - 1].value) if j else None, rungs[j].value)
+
+
+def checked_costs(costs: Sequence[float]) -> tuple[float, float]:
+    """``(review, wrong)``: what a review and a wrong answer cost, or a :class:`ConfigError`."""
+    if len(costs) != 2 or not 0 <= costs[0] <= costs[1]:
+        raise ConfigError(f"costs are REVIEW,WRONG: two numbers with 0 <= REVIEW <= WRONG, got {tuple(costs)}")
+    return costs[0], costs[1]
 
 
 def fit_confidence(
@@ -42,8 +53,7 @@ def fit_confidence(
         row = table[i]
         for t, a in enumerate(row):
             if a.valid and a.confidence is not None:
-                before = (row[t - 1].valid, row[t - 1].value) if t else None
-                samples[names[t]].append((a.confidence, scores[t][i] >= 1 - 1e-9, agreement(before, a.value)))
+                samples[names[t]].append((a.confidence, scores[t][i] >= 1 - 1e-9, _agreement(row, t)))
     samples = {name: rows for name, rows in samples.items() if rows}
     try:
         return TierCalibration.fit(samples), f"fitted on {len(which)} items"

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from agentkit.data import normalize_text, split_of
-from agentkit.errors import ConfigError
 from agentkit.eval import metrics
 from agentkit.eval.answers import TierAnswer, item_id, iter_answers
-from agentkit.eval.calibration import calibrate, calibrated, fit_confidence, headline, review_bar
+from agentkit.eval.calibration import calibrate, calibrated, checked_costs, fit_confidence, headline, review_bar
 from agentkit.eval.cascades import THRESHOLDS, CascadeOutcome, cascade, configurations, figures
 from agentkit.node import Node
 from agentkit.task import Task
@@ -71,8 +70,7 @@ def evaluate_node(
     (:func:`review_bar`); ``costs`` (a review's cost, a wrong answer's cost): the bar is where a review costs
     less than the expected cost of a wrong answer, ``1 - review / wrong`` (on calibrated confidences).
     ``report["operating_point"]`` has the bar, measured on the test split."""
-    if costs is not None and not 0 <= costs[0] <= costs[1]:
-        raise ConfigError(f"costs must be (review, wrong) with 0 <= review <= wrong, got {costs}")
+    costs = checked_costs(costs) if costs is not None else None
     kind = node.task.kind
     pool = _pool_texts(node.task, fixed_only=leave_one_out)
     kept = [r for r in records if normalize_text(str(r["input"])) not in pool]
